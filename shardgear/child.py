@@ -1,0 +1,59 @@
+"""Entry point of a front or shard process, started by the supervisor.
+
+``python -m shardgear.child ROLE INDEX SUPERVISOR_PID DOORBELLS CONFIG_JSON``
+
+DOORBELLS is a comma-separated list of inherited eventfd numbers: the fronts' first, then the
+shards'. Exit status EXIT_BOOT_ERROR tells the supervisor that restarting would not help.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import orjson
+
+from shardgear.config import Config
+from shardgear.instance import Instance
+
+EXIT_BOOT_ERROR = 3
+
+
+def main(argv: list[str]) -> int:
+    """Run one child process; return its exit status."""
+    role, index_text, sup_text, bells_text, config_json = argv
+    config = Config.from_json_dict(orjson.loads(config_json))
+    index = int(index_text)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format=f"%(asctime)s shardgear[{os.getpid()}] {role}{index} %(levelname)s %(message)s",
+    )
+    instance = Instance(config.port, int(sup_text), config.fronts, config.shards)
+    doorbells = [int(x) for x in bells_text.split(",")]
+    from shardgear.shm.layout import control_view
+    from shardgear.shm.segment import Segment
+
+    try:
+        control_seg = Segment.attach(instance.control)
+        if role == "front":
+            from shardgear.front import Front
+
+            front = Front(config, index, instance, doorbells)
+            slot = instance.front_slot(index)
+            runner = front.run
+        else:
+            from shardgear.shard import Shard
+
+            shard = Shard(config, index, instance, doorbells)
+            slot = instance.shard_slot(index)
+            runner = shard.run
+    except OSError as exc:
+        logging.getLogger("shardgear").critical("cannot start %s %d: %s", role, index, exc)
+        return EXIT_BOOT_ERROR
+    runner(control_view(control_seg.buf, slot))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

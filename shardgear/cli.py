@@ -1,0 +1,190 @@
+"""Command line: argv -> Config -> supervisor.run(). Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from shardgear import __version__
+from shardgear.config import LOG_LEVELS, MIB, Config, cpu_count, default_fronts, default_shards
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage dump: "shardgear: error: ..." and status 2.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _size(text: str) -> int:
+    """A byte count, with an optional K, M or G suffix (powers of 1024)."""
+    units = {"k": 1024, "m": MIB, "g": 1024 * MIB}
+    try:
+        if text and text[-1].lower() in units:
+            value = int(float(text[:-1]) * units[text[-1].lower()])
+        else:
+            value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser (also used to document the flags)."""
+    cpus = cpu_count()
+    p = _Parser(
+        prog="shardgear",
+        description="A Gearman job server: front processes accept connections on one port "
+        "(SO_REUSEPORT) and hand work to shard processes through shared-memory rings.",
+    )
+    p.add_argument(
+        "-L",
+        "--listen",
+        default="",
+        metavar="ADDR",
+        help="address to listen on (default: every interface, as gearmand)",
+    )
+    p.add_argument("-p", "--port", type=int, default=4730, help="TCP port (default: 4730)")
+    p.add_argument(
+        "--fronts",
+        type=_positive,
+        default=default_fronts(cpus),
+        metavar="N",
+        help=f"front processes that accept and parse (default: {default_fronts(cpus)}"
+        f" = half of the {cpus} CPUs)",
+    )
+    p.add_argument(
+        "--shards",
+        type=_positive,
+        default=default_shards(cpus),
+        metavar="N",
+        help=f"shard processes that own the queues (default: {default_shards(cpus)}"
+        f" = half of the {cpus} CPUs)",
+    )
+    p.add_argument(
+        "-j",
+        "--job-retries",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="attempts before a job whose worker died or timed out is dropped and "
+        "its clients get WORK_FAIL (default: 0 = unlimited)",
+    )
+    p.add_argument(
+        "--exceptions",
+        action="store_true",
+        help="turn on the 'exceptions' option for every connection",
+    )
+    p.add_argument(
+        "--job-handle-prefix",
+        default=None,
+        metavar="PREFIX",
+        help="job handle prefix (default: H:<host name>)",
+    )
+    p.add_argument(
+        "-w",
+        "--worker-wakeup",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="sleeping workers woken per queued job (default: 0 = all)",
+    )
+    p.add_argument(
+        "--max-packet-size",
+        type=_size,
+        default=256 * MIB,
+        metavar="BYTES",
+        help="largest packet accepted; a bigger one closes the connection (default: 256M)",
+    )
+    p.add_argument(
+        "--max-output-buffer",
+        type=_size,
+        default=None,
+        metavar="BYTES",
+        help="bytes a connection may leave unread before it is closed "
+        "(default: max packet size + 16M)",
+    )
+    p.add_argument(
+        "--ring-size",
+        type=_size,
+        default=1 * MIB,
+        metavar="BYTES",
+        help="size of each front<->shard shared-memory ring (default: 1M)",
+    )
+    p.add_argument("-b", "--backlog", type=_positive, default=1024, help="listen() backlog")
+    p.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long 'shutdown graceful' waits for running jobs (default: 30)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="warning",
+        type=str.lower,
+        help="log level (default: warning)",
+    )
+    p.add_argument("-V", "--version", action="version", version=f"shardgear {__version__}")
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Parse `argv` (default: sys.argv[1:]) into a Config; exits with status 2 on a bad flag."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not 0 <= a.port <= 65535:
+        parser.error(f"argument --port: not a port: {a.port}")
+    if a.job_retries > 255:
+        parser.error("argument --job-retries: at most 255")
+    if a.ring_size < 64 * 1024:
+        parser.error("argument --ring-size: at least 64K")
+    kwargs = dict(
+        listen=a.listen,
+        port=a.port,
+        fronts=a.fronts,
+        shards=a.shards,
+        job_retries=a.job_retries,
+        exceptions=a.exceptions,
+        worker_wakeup=a.worker_wakeup,
+        max_packet_size=a.max_packet_size,
+        max_output_buffer=a.max_output_buffer or 0,
+        ring_size=a.ring_size,
+        backlog=a.backlog,
+        graceful_timeout=a.graceful_timeout,
+        log_level=a.log_level,
+    )
+    if a.job_handle_prefix is not None:
+        if not 0 < len(a.job_handle_prefix.encode()) <= 36:
+            parser.error("argument --job-handle-prefix: 1 to 36 bytes")
+        kwargs["job_handle_prefix"] = a.job_handle_prefix
+    return Config(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``shardgear`` command."""
+    config = parse_config(argv)
+    from shardgear.supervisor import run
+
+    return run(config)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,913 @@
+"""A front process: accepts connections, parses Gearman, and forwards work to the owning shards.
+
+Theory of operation
+-------------------
+One epoll loop per front. Each turn of the loop:
+
+1. reads every socket that is ready and parses complete events (`proto.Parser`);
+2. handles what needs no shard at once (ECHO_REQ, OPTION_REQ, SET_CLIENT_ID, most admin
+   commands, NO_JOB when the boards show no work), and appends everything else to the ring of the
+   shard that owns it (by function name or by job handle, `routing`);
+3. drains the rings from every shard and delivers what they say to the connections;
+4. writes every connection's output once, flushes the rings and rings each shard's doorbell at most
+   once.
+
+House rules:
+
+1. A reply goes out in the order of the request that asked for it. A connection keeps a FIFO of
+   `Pending` entries, one per request that expects a reply; a shard's reply carries the request's
+   sequence number and fills its entry, and output leaves only from the head of the FIFO. Anything
+   else for the connection (WORK_* relays, NOOP) queues behind the entries already pending, so a
+   client never sees WORK_COMPLETE before the JOB_CREATED of the same job.
+2. The front keeps only per-connection state. Everything about jobs lives in the shards.
+3. Nothing blocks: a full ring keeps its overflow in memory and the front stops reading sockets
+   until the overflow drains; a connection that leaves too much output unread is closed.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+from shardgear import __version__, messages, routing
+from shardgear.config import Config
+from shardgear.instance import Instance
+from shardgear.messages import HEADER
+from shardgear.proto import admin, errors
+from shardgear.proto.packets import NO_JOB_PACKET, NOOP_PACKET, PacketType, error_packet, response
+from shardgear.proto.parser import RESPONSE_MAGIC_TYPE, AdminLine, Event, Parser
+from shardgear.shm import layout
+from shardgear.shm.channel import Receiver, Sender
+from shardgear.shm.ring import Ring
+from shardgear.shm.segment import Segment
+from shardgear.sockets import bind_listener, peer_ip
+
+log = logging.getLogger("shardgear.front")
+
+P = PacketType
+SUBMIT_TYPES = frozenset(
+    {
+        P.SUBMIT_JOB,
+        P.SUBMIT_JOB_BG,
+        P.SUBMIT_JOB_HIGH,
+        P.SUBMIT_JOB_HIGH_BG,
+        P.SUBMIT_JOB_LOW,
+        P.SUBMIT_JOB_LOW_BG,
+        P.SUBMIT_JOB_EPOCH,
+        P.SUBMIT_REDUCE_JOB,
+        P.SUBMIT_REDUCE_JOB_BACKGROUND,
+    }
+)
+GRAB_TYPES = frozenset({P.GRAB_JOB, P.GRAB_JOB_UNIQ, P.GRAB_JOB_ALL})
+WORK_TYPES = frozenset(
+    {P.WORK_DATA, P.WORK_WARNING, P.WORK_STATUS, P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION}
+)
+REJECTED = frozenset(
+    {5, 6, 8, 10, 11, 17, 19, 20, 24, 27, 31, 35, 40, 42}
+)  # response-type or unimplemented commands
+INT64_MAX = (1 << 63) - 1
+READ_SIZE = 256 * 1024
+GATHER_TIMEOUT = 2.0
+PAUSE_HIGH_WATER = 8 * 1024 * 1024  # bytes waiting for a ring before sockets stop being read
+LEVEL_NAMES = {
+    "debug": b"DEBUG",
+    "info": b"INFO",
+    "warning": b"WARNING",
+    "error": b"ERROR",
+    "critical": b"CRITICAL",
+}
+EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+EPOLL_ERRS = select.EPOLLERR | select.EPOLLHUP
+
+
+class Pending:
+    """A reply owed to a connection: filled by a shard's reply (matched by `seq`) or a gather."""
+
+    __slots__ = ("data", "ptype", "seq", "shard")
+
+    def __init__(self, seq: int, shard: int, ptype: int, data: bytes | None = None) -> None:
+        self.seq = seq
+        self.shard = shard  # -1: filled locally
+        self.ptype = ptype
+        self.data = data
+
+
+class Conn:
+    """Everything a front knows about one client/worker/admin connection."""
+
+    __slots__ = (
+        "abilities",
+        "client_id",
+        "exceptions",
+        "fd",
+        "id",
+        "ip",
+        "noop_sent",
+        "out",
+        "out_bytes",
+        "parser",
+        "pending",
+        "rr",
+        "seq",
+        "shards_used",
+        "sleeping",
+        "sock",
+        "want_write",
+    )
+
+    def __init__(self, conn_id: int, sock: socket.socket, parser: Parser, exceptions: bool) -> None:
+        self.id = conn_id
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.ip = peer_ip(sock)
+        self.parser = parser
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        self.pending: collections.deque[Pending] = collections.deque()
+        self.seq = 0
+        # function -> (shard, board base index, CAN_DO_TIMEOUT body or None)
+        self.abilities: dict[bytes, tuple[int, int, bytes | None]] = {}
+        self.rr: list[bytes] = []  # the worker's functions in round-robin order
+        self.exceptions = exceptions
+        self.client_id = b"-"
+        self.sleeping = False
+        self.noop_sent = False
+        self.shards_used = 0  # bit mask of shards that may hold state for this connection
+        self.want_write = False
+
+
+class Gather:
+    """An answer being assembled from several shards (or fronts) for one connection."""
+
+    __slots__ = ("conn", "deadline", "entry", "expected", "finish", "parts")
+
+    def __init__(
+        self,
+        conn: Conn,
+        entry: Pending,
+        expected: int,
+        finish: Callable[[list[Any]], bytes],
+        deadline: float,
+    ) -> None:
+        self.conn = conn
+        self.entry = entry
+        self.expected = expected
+        self.finish = finish
+        self.parts: list[Any] = []
+        self.deadline = deadline
+
+
+class Front:
+    """One front process. `run()` serves until SIGTERM."""
+
+    def __init__(
+        self, config: Config, index: int, instance: Instance, doorbells: list[int]
+    ) -> None:
+        self.config = config
+        self.index = index
+        self.instance = instance
+        self.shards = config.shards
+        # doorbells: fronts' first, then shards'
+        self.my_bell = doorbells[index]
+        self.shard_bells = doorbells[config.fronts :]
+        self.segments: list[Segment] = []
+        self.senders: list[Sender] = []
+        self.receivers: list[Receiver] = []
+        self.in_rings: list[Ring] = []
+        self.boards: list[memoryview] = []
+        for s in range(self.shards):
+            out_seg = self._attach(instance.to_shard(index, s))
+            in_seg = self._attach(instance.to_front(s, index))
+            self.senders.append(Sender(Ring(out_seg.buf)))
+            ring = Ring(in_seg.buf)
+            self.in_rings.append(ring)
+            self.receivers.append(Receiver(ring))
+            board_seg = self._attach(instance.board(s))
+            self.boards.append(layout.board_view(board_seg.buf))
+        self.conns: dict[int, Conn] = {}  # by fd
+        self.by_id: dict[int, Conn] = {}
+        self.next_conn = (index << messages.FRONT_SHIFT) | ((os.getpid() & 0xFFFFFF) << 32)
+        self.gathers: dict[int, Gather] = {}
+        self.shards_seen: set[int] = set()
+        self.next_gather = 1
+        self.dirty_shards: set[int] = set()
+        self.writers: set[Conn] = set()
+        self.listener: socket.socket | None = bind_listener(
+            config.listen, config.port, config.backlog
+        )
+        self.epoll = select.epoll()
+        self.running = True
+        self.accepting = True
+        self.paused = False
+        self.control: memoryview | None = None
+        self.packet_handlers: dict[int, Callable[[Conn, int, bytes], None]] = {}
+        for t in SUBMIT_TYPES:
+            self.packet_handlers[t] = self.on_submit
+        for t in GRAB_TYPES:
+            self.packet_handlers[t] = self.on_grab
+        for t in WORK_TYPES:
+            self.packet_handlers[t] = self.on_work
+        self.packet_handlers.update(
+            {
+                P.CAN_DO: self.on_can_do,
+                P.CAN_DO_TIMEOUT: self.on_can_do,
+                P.CANT_DO: self.on_cant_do,
+                P.RESET_ABILITIES: self.on_reset_abilities,
+                P.PRE_SLEEP: self.on_pre_sleep,
+                P.GET_STATUS: self.on_get_status,
+                P.GET_STATUS_UNIQUE: self.on_get_status_unique,
+                P.ECHO_REQ: self.on_echo,
+                P.SET_CLIENT_ID: self.on_set_client_id,
+                P.OPTION_REQ: self.on_option,
+                RESPONSE_MAGIC_TYPE: self.on_response_magic,
+            }
+        )
+        for rejected in REJECTED:
+            self.packet_handlers[rejected] = self.on_rejected
+
+    def _attach(self, name: str) -> Segment:
+        seg = Segment.attach(name)
+        self.segments.append(seg)
+        return seg
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, control: memoryview | None = None) -> None:
+        """Bind, announce ourselves to every shard, and serve until stopped."""
+        self.control = control
+        assert self.listener is not None
+        self.epoll.register(self.listener.fileno(), EPOLLIN)
+        self.epoll.register(self.my_bell, EPOLLIN)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, self._on_sigusr1)
+        for s in range(self.shards):
+            self.send_shard(s, messages.pack(messages.OP_HELLO, 0, arg=self.index))
+        self.flush_shards()
+        listen_fd = self.listener.fileno()
+        bell = self.my_bell
+        conns = self.conns
+        tick = 0
+        if control is not None:
+            control[layout.CTRL_PID] = os.getpid()
+            control[layout.CTRL_STATE] = layout.CHILD_READY
+        while self.running:
+            timeout = 1.0
+            if self.gathers:
+                timeout = max(
+                    0.0,
+                    min(min(g.deadline for g in self.gathers.values()) - time.monotonic(), timeout),
+                )
+            try:
+                events = self.epoll.poll(timeout)
+            except InterruptedError:
+                events = []
+            for fd, ev in events:
+                if fd == bell:
+                    try:
+                        os.eventfd_read(bell)
+                    except BlockingIOError:
+                        pass
+                elif fd == listen_fd:
+                    self.accept()
+                else:
+                    conn = conns.get(fd)
+                    if conn is None:
+                        continue
+                    if ev & EPOLLOUT:
+                        self.write(conn)
+                    if ev & (EPOLLIN | EPOLL_ERRS) and not self.paused:
+                        self.read(conn)
+            self.drain_shards()
+            if self.gathers:
+                self.expire_gathers()
+            for conn in list(self.writers):
+                self.write(conn)
+            self.flush_shards()
+            tick += 1
+            if control is not None:
+                control[layout.CTRL_HEARTBEAT] = tick
+            if not self.accepting and self.listener is not None:
+                self.stop_accepting()
+        self.shutdown()
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.running = False
+
+    def _on_sigusr1(self, signum: int, frame: object) -> None:
+        self.accepting = False  # graceful shutdown: stop accepting, keep serving
+
+    def stop_accepting(self) -> None:
+        if self.listener is not None:
+            self.epoll.unregister(self.listener.fileno())
+            self.listener.close()
+            self.listener = None
+
+    def shutdown(self) -> None:
+        for conn in list(self.conns.values()):
+            if conn.out:
+                try:
+                    conn.sock.setblocking(True)
+                    conn.sock.settimeout(0.5)
+                    conn.sock.sendall(b"".join(conn.out))
+                except OSError:
+                    pass
+            self.close(conn)
+        self.flush_shards()
+        if self.listener is not None:
+            self.listener.close()
+        for seg in self.segments:
+            seg.close()
+
+    # ----------------------------------------------------------- connections
+
+    def accept(self) -> None:
+        assert self.listener is not None
+        for _ in range(256):
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("cannot accept a connection: %s", exc)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.next_conn += 1
+            conn = Conn(
+                self.next_conn,
+                sock,
+                Parser(max_packet_size=self.config.max_packet_size),
+                self.config.exceptions,
+            )
+            self.conns[conn.fd] = conn
+            self.by_id[conn.id] = conn
+            self.epoll.register(conn.fd, EPOLLIN)
+
+    def close(self, conn: Conn) -> None:
+        """Forget a connection and tell every shard that may hold state for it."""
+        if self.conns.pop(conn.fd, None) is None:
+            return
+        del self.by_id[conn.id]
+        self.writers.discard(conn)
+        try:
+            self.epoll.unregister(conn.fd)
+        except OSError:
+            pass
+        conn.sock.close()
+        mask = conn.shards_used
+        s = 0
+        while mask:
+            if mask & 1:
+                self.send_shard(s, HEADER.pack(messages.OP_DISCONNECT, 0, 0, conn.id))
+            mask >>= 1
+            s += 1
+
+    def read(self, conn: Conn) -> None:
+        try:
+            data = conn.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close(conn)
+            return
+        conn.parser.feed(data)
+        try:
+            events = conn.parser.events()
+        except errors.ProtocolError as exc:
+            # Handle what was framed before the bad bytes (as gearmand does), then close.
+            log.info("closing connection from %s: %s", conn.ip, exc)
+            self.dispatch(conn, getattr(exc, "events", ()))
+            if conn.fd in self.conns:
+                self.write(conn)
+                self.close(conn)
+            return
+        self.dispatch(conn, events)
+
+    def dispatch(self, conn: Conn, events: Iterable[Event]) -> None:
+        handlers = self.packet_handlers
+        conns = self.conns
+        for ev in events:
+            if conn.fd not in conns:
+                return
+            if isinstance(ev, AdminLine):
+                self.on_admin(conn, ev.tokens)
+            else:
+                ptype, body = ev.ptype, ev.body
+                handler = handlers.get(ptype)
+                if handler is None:
+                    self.reply(conn, error_packet(*errors.ERR_COMMAND_NOT_EXPECTED))
+                else:
+                    handler(conn, ptype, body)
+
+    def write(self, conn: Conn) -> None:
+        """Send what the connection has waiting; watch for EPOLLOUT if the socket is full."""
+        if not conn.out:
+            self.writers.discard(conn)
+            return
+        data = conn.out[0] if len(conn.out) == 1 else b"".join(conn.out)
+        try:
+            sent = conn.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close(conn)
+            return
+        if sent == len(data):
+            conn.out = []
+            conn.out_bytes = 0
+            self.writers.discard(conn)
+            if conn.want_write:
+                conn.want_write = False
+                self.epoll.modify(conn.fd, EPOLLIN)
+            return
+        rest = data[sent:]
+        conn.out = [rest]
+        conn.out_bytes = len(rest)
+        self.writers.discard(conn)
+        if not conn.want_write:
+            conn.want_write = True
+            self.epoll.modify(conn.fd, EPOLLIN | EPOLLOUT)
+
+    def emit(self, conn: Conn, data: bytes) -> None:
+        """Queue bytes for the socket now (no reply ordering involved)."""
+        conn.out.append(data)
+        conn.out_bytes += len(data)
+        if conn.out_bytes > self.config.output_limit:
+            log.warning("closing connection from %s: %d bytes unread", conn.ip, conn.out_bytes)
+            self.close(conn)
+            return
+        if not conn.want_write:
+            self.writers.add(conn)
+
+    def reply(self, conn: Conn, data: bytes) -> None:
+        """Queue bytes behind any reply the connection is still owed."""
+        if conn.pending:
+            conn.pending.append(Pending(-1, -1, 0, data))
+        else:
+            self.emit(conn, data)
+
+    def expect(self, conn: Conn, shard: int, ptype: int) -> int:
+        """Reserve the connection's next reply slot for `shard`; return the request's seq."""
+        conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
+        conn.pending.append(Pending(seq, shard, ptype))
+        return seq
+
+    def release(self, conn: Conn) -> None:
+        """Move filled replies at the head of the FIFO to the socket."""
+        pending = conn.pending
+        while pending and pending[0].data is not None:
+            data = pending.popleft().data
+            assert data is not None
+            self.emit(conn, data)
+            if conn.fd not in self.conns:
+                return
+
+    # ------------------------------------------------------------ the rings
+
+    def send_shard(self, shard: int, message: bytes) -> None:
+        self.senders[shard].send(message)
+        self.dirty_shards.add(shard)
+
+    def flush_shards(self) -> None:
+        pending = 0
+        for s in self.dirty_shards:
+            sender = self.senders[s]
+            if sender.flush():
+                os.eventfd_write(self.shard_bells[s], 1)
+            pending += sender.pending
+        self.dirty_shards = {s for s in self.dirty_shards if self.senders[s].queued}
+        paused = pending > PAUSE_HIGH_WATER
+        if paused != self.paused:
+            self.paused = paused
+            log.debug("reading from sockets %s", "paused" if paused else "resumed")
+
+    def drain_shards(self) -> None:
+        by_id = self.by_id
+        for s, receiver in enumerate(self.receivers):
+            msgs = receiver.receive()
+            if not msgs:
+                continue
+            if receiver.producer_wants_wake():
+                os.eventfd_write(self.shard_bells[s], 1)
+            for m in msgs:
+                op, _arg, extra, conn_id = HEADER.unpack_from(m)
+                conn = by_id.get(conn_id)
+                if op == messages.OP_REPLY:
+                    if conn is not None:
+                        self.fill(conn, s, extra, m[16:])
+                elif op == messages.OP_SEND:
+                    if conn is not None:
+                        self.reply(conn, m[16:])
+                elif op == messages.OP_WAKE:
+                    if conn is not None and conn.sleeping and not conn.noop_sent:
+                        conn.noop_sent = True
+                        self.reply(conn, NOOP_PACKET)
+                elif op == messages.OP_EXCEPTION:
+                    if conn is not None:
+                        self.relay_exception(conn, m[16:])
+                elif op == messages.OP_CLOSE:
+                    if conn is not None:
+                        self.close(conn)
+                elif op == messages.OP_ADMIN_REPLY:
+                    self.gather_part(extra, orjson.loads(m[16:]))
+                elif op == messages.OP_RELAY:
+                    self.answer_relay(s, conn_id, extra, m[16:])
+                elif op == messages.OP_RELAY_REPLY:
+                    self.gather_part(extra, m[16:])
+                elif op == messages.OP_HELLO:
+                    self.shard_restarted(s)
+
+    def fill(self, conn: Conn, shard: int, seq: int, data: bytes) -> None:
+        for entry in conn.pending:
+            if entry.seq == seq and entry.shard == shard:
+                entry.data = data
+                break
+        else:
+            return  # a late reply for a request already answered on a shard restart
+        self.release(conn)
+
+    def relay_exception(self, conn: Conn, body: bytes) -> None:
+        if conn.exceptions:
+            self.reply(conn, response(P.WORK_EXCEPTION, body))
+        else:
+            # gearmand sends "HANDLE\0" here (a stray NUL); the handle alone is the correct form.
+            self.reply(conn, response(P.WORK_FAIL, body.split(b"\0", 1)[0]))
+
+    def shard_restarted(self, shard: int) -> None:
+        """A shard came back with no state: answer what it owed, and re-register workers."""
+        if shard not in self.shards_seen:
+            self.shards_seen.add(shard)  # its first start, not a restart
+            if not self.conns:
+                return
+        log.warning("shard %d restarted", shard)
+        for conn in list(self.conns.values()):
+            for entry in conn.pending:
+                if entry.shard == shard and entry.data is None:
+                    if entry.ptype in GRAB_TYPES:
+                        entry.data = NO_JOB_PACKET
+                    else:
+                        entry.data = error_packet(
+                            b"QUEUE_ERROR", b"Shard restarted; the request was lost"
+                        )
+            self.release(conn)
+            if conn.fd not in self.conns:
+                continue
+            for func, (s, _base, timeout) in conn.abilities.items():
+                if s == shard:
+                    if timeout is None:
+                        self.forward(conn, shard, P.CAN_DO, func)
+                    else:
+                        self.forward(conn, shard, P.CAN_DO_TIMEOUT, timeout)
+            if conn.sleeping and any(v[0] == shard for v in conn.abilities.values()):
+                self.forward(conn, shard, P.PRE_SLEEP, b"")
+
+    # ------------------------------------------------------ binary requests
+
+    def forward(self, conn: Conn, shard: int, ptype: int, body: bytes, seq: int = 0) -> None:
+        conn.shards_used |= 1 << shard
+        self.senders[shard].send(HEADER.pack(messages.OP_PACKET, ptype, seq, conn.id) + body)
+        self.dirty_shards.add(shard)
+
+    def forward_for_reply(self, conn: Conn, shard: int, ptype: int, body: bytes) -> None:
+        self.forward(conn, shard, ptype, body, self.expect(conn, shard, ptype))
+
+    def protocol_close(self, conn: Conn, why: str) -> None:
+        log.info("closing connection from %s: %s", conn.ip, why)
+        self.write(conn)
+        self.close(conn)
+
+    def on_submit(self, conn: Conn, ptype: int, body: bytes) -> None:
+        end = body.find(b"\0")
+        if end < 0:
+            self.protocol_close(conn, "submit without a unique")
+            return
+        if ptype == P.SUBMIT_JOB_EPOCH:
+            parts = body.split(b"\0", 3)
+            if len(parts) < 4 or not _fits_int64(parts[2]):
+                self.protocol_close(conn, "bad epoch")
+                return
+        self.forward_for_reply(conn, routing.shard_for(body[:end], self.shards), ptype, body)
+
+    def on_grab(self, conn: Conn, ptype: int, body: bytes) -> None:
+        conn.sleeping = False
+        conn.noop_sent = False
+        rr = conn.rr
+        if not rr:
+            self.reply(conn, NO_JOB_PACKET)
+            return
+        abilities = conn.abilities
+        boards = self.boards
+        best_prio = 3
+        best = -1
+        for i, func in enumerate(rr):
+            shard, base, _t = abilities[func]
+            board = boards[shard]
+            for prio in range(best_prio):
+                if board[base + prio]:
+                    best_prio = prio
+                    best = i
+                    break
+            if best_prio == 0:
+                break
+        if best < 0:
+            self.reply(conn, NO_JOB_PACKET)
+            return
+        func = rr.pop(best)
+        rr.append(func)
+        self.forward_for_reply(conn, abilities[func][0], ptype, func)
+
+    def on_work(self, conn: Conn, ptype: int, body: bytes) -> None:
+        end = body.find(b"\0")
+        handle = body if end < 0 else body[:end]
+        if ptype == P.WORK_FAIL and len(handle) >= 64:
+            self.reply(conn, error_packet(*errors.ERR_HANDLE_TOO_LARGE))
+            return
+        if ptype == P.WORK_STATUS:
+            parts = body.split(b"\0", 2)
+            if len(parts) == 3 and len(parts[2]) > 11:
+                self.protocol_close(conn, "WORK_STATUS denominator too long")
+                return
+        shard = routing.shard_for_handle(handle, self.shards)
+        if shard is None:
+            self.reply(conn, error_packet(*errors.not_found_error(ptype)))
+            return
+        self.forward(conn, shard, ptype, body)
+
+    def on_can_do(self, conn: Conn, ptype: int, body: bytes) -> None:
+        timeout: bytes | None = None
+        func = body
+        if ptype == P.CAN_DO_TIMEOUT:
+            func, sep, value = body.partition(b"\0")
+            if not sep or len(value) > 20 or not _fits_int64(value):
+                self.protocol_close(conn, "bad CAN_DO_TIMEOUT")
+                return
+            timeout = body
+        old = conn.abilities.get(func)
+        if old is not None and old[2] == timeout:
+            return  # already registered: gearmand would count a second registration
+        shard = routing.shard_for(func, self.shards)
+        if old is None:
+            conn.rr.append(func)
+        conn.abilities[func] = (shard, routing.board_slot(func) * 3, timeout)
+        self.forward(conn, shard, ptype, body)
+
+    def on_cant_do(self, conn: Conn, ptype: int, body: bytes) -> None:
+        if conn.abilities.pop(body, None) is not None:
+            conn.rr.remove(body)
+        self.forward(conn, routing.shard_for(body, self.shards), ptype, body)
+
+    def on_reset_abilities(self, conn: Conn, ptype: int, body: bytes) -> None:
+        for s in {v[0] for v in conn.abilities.values()}:
+            self.forward(conn, s, ptype, b"")
+        conn.abilities.clear()
+        conn.rr.clear()
+
+    def on_pre_sleep(self, conn: Conn, ptype: int, body: bytes) -> None:
+        conn.sleeping = True
+        conn.noop_sent = False
+        for s in {v[0] for v in conn.abilities.values()}:
+            self.forward(conn, s, ptype, b"")
+
+    def on_get_status(self, conn: Conn, ptype: int, body: bytes) -> None:
+        if len(body) >= 64:
+            self.protocol_close(conn, "GET_STATUS handle too long")
+            return
+        shard = routing.shard_for_handle(body, self.shards)
+        if shard is None:
+            self.reply(conn, response(P.STATUS_RES, body, b"0", b"0", b"0", b"0"))
+            return
+        self.forward_for_reply(conn, shard, ptype, body)
+
+    def on_get_status_unique(self, conn: Conn, ptype: int, body: bytes) -> None:
+        if len(body) >= 65:
+            self.protocol_close(conn, "GET_STATUS_UNIQUE unique too long")
+            return
+
+        def finish(parts: list[Any]) -> bytes:
+            for part in parts:
+                if part:
+                    return response(P.STATUS_RES_UNIQUE, body, *(str(x).encode() for x in part))
+            return response(P.STATUS_RES_UNIQUE, body, b"0", b"0", b"0", b"0", b"0")
+
+        self.gather_shards(conn, {"cmd": "status_unique", "unique": _text(body)}, finish)
+
+    def on_echo(self, conn: Conn, ptype: int, body: bytes) -> None:
+        self.reply(conn, response(P.ECHO_RES, body))
+
+    def on_set_client_id(self, conn: Conn, ptype: int, body: bytes) -> None:
+        conn.client_id = body[:127] or b"-"
+
+    def on_option(self, conn: Conn, ptype: int, body: bytes) -> None:
+        if body.lower() == b"exceptions":
+            conn.exceptions = True
+            self.reply(conn, response(P.OPTION_RES, body))
+        else:
+            self.reply(conn, error_packet(*errors.ERR_UNKNOWN_OPTION))
+
+    def on_response_magic(self, conn: Conn, ptype: int, body: bytes) -> None:
+        self.reply(conn, error_packet(*errors.ERR_MAGIC_REQ_EXPECTED))
+
+    def on_rejected(self, conn: Conn, ptype: int, body: bytes) -> None:
+        self.reply(conn, error_packet(*errors.ERR_COMMAND_NOT_EXPECTED))
+
+    # ----------------------------------------------------------- gathering
+
+    def start_gather(self, conn: Conn, expected: int, finish: Callable[[list[Any]], bytes]) -> int:
+        gid = self.next_gather
+        self.next_gather = (gid + 1) & 0xFFFFFFFF or 1
+        entry = Pending(-1, -1, 0)
+        conn.pending.append(entry)
+        self.gathers[gid] = Gather(conn, entry, expected, finish, time.monotonic() + GATHER_TIMEOUT)
+        return gid
+
+    def gather_shards(
+        self,
+        conn: Conn,
+        request: dict[str, Any],
+        finish: Callable[[list[Any]], bytes],
+        shards: list[int] | None = None,
+    ) -> None:
+        targets = list(range(self.shards)) if shards is None else shards
+        gid = self.start_gather(conn, len(targets), finish)
+        body = orjson.dumps(request)
+        for s in targets:
+            self.send_shard(s, messages.pack(messages.OP_ADMIN, conn.id, body, extra=gid))
+
+    def gather_part(self, gid: int, part: Any) -> None:
+        gather = self.gathers.get(gid)
+        if gather is None:
+            return
+        gather.parts.append(part)
+        if len(gather.parts) >= gather.expected:
+            self.finish_gather(gid, gather)
+
+    def finish_gather(self, gid: int, gather: Gather) -> None:
+        del self.gathers[gid]
+        try:
+            gather.entry.data = gather.finish(gather.parts)
+        except Exception:  # a malformed part must not take the front down
+            log.exception("admin reply could not be assembled")
+            gather.entry.data = admin.ERR_UNKNOWN_ERROR
+        if gather.conn.fd in self.conns:
+            self.release(gather.conn)
+
+    def expire_gathers(self) -> None:
+        now = time.monotonic()
+        for gid, gather in list(self.gathers.items()):
+            if gather.deadline <= now:
+                log.warning(
+                    "admin request answered by %d of %d processes",
+                    len(gather.parts),
+                    gather.expected,
+                )
+                self.finish_gather(gid, gather)
+
+    def answer_relay(self, shard: int, conn_id: int, gid: int, body: bytes) -> None:
+        """Shard 0 relays a request that needs every front (only `workers` so far)."""
+        self.send_shard(
+            shard, messages.pack(messages.OP_RELAY_REPLY, conn_id, self.worker_lines(), extra=gid)
+        )
+
+    def worker_lines(self) -> bytes:
+        rows = []
+        for conn in self.conns.values():
+            rows.append((conn.fd, conn.ip.encode(), conn.client_id, list(conn.rr)))
+        return admin.format_workers(rows)[:-2]  # without the closing ".\n"
+
+    # -------------------------------------------------------------- admin
+
+    def on_admin(self, conn: Conn, tokens: list[bytes]) -> None:
+        cmd = admin.parse_admin(tokens)
+        if cmd.error is not None:
+            self.reply(conn, cmd.error)
+            return
+        C = admin.AdminCommand
+        c, args = cmd.command, cmd.args
+        if c is C.STATUS:
+            self.gather_shards(
+                conn,
+                {"cmd": "status"},
+                lambda parts: admin.format_status(
+                    sorted(tuple((_raw(r[0]), *r[1:])) for p in parts for r in p)
+                ),
+            )
+        elif c is C.PRIORITY_STATUS:
+            self.gather_shards(
+                conn,
+                {"cmd": "priority_status"},
+                lambda parts: admin.format_priority_status(
+                    sorted(tuple((_raw(r[0]), *r[1:])) for p in parts for r in p)
+                ),
+            )
+        elif c is C.SHOW_JOBS:
+            self.gather_shards(
+                conn,
+                {"cmd": "show_jobs"},
+                lambda parts: admin.format_show_jobs(
+                    tuple((_raw(r[0]), *r[1:])) for p in parts for r in p
+                ),
+            )
+        elif c is C.SHOW_UNIQUE_JOBS:
+            self.gather_shards(
+                conn,
+                {"cmd": "show_unique_jobs"},
+                lambda parts: admin.format_show_unique_jobs(_raw(u) for p in parts for u in p),
+            )
+        elif c is C.WORKERS:
+            gid = self.start_gather(
+                conn, self.config.fronts, lambda parts: b"".join(parts) + b".\n"
+            )
+            self.send_shard(0, messages.pack(messages.OP_RELAY, conn.id, b"workers", extra=gid))
+        elif c is C.VERSION:
+            self.reply(conn, admin.format_ok(__version__.encode()))
+        elif c is C.GETPID:
+            self.reply(conn, admin.format_ok(b"%d" % os.getppid()))
+        elif c is C.VERBOSE:
+            self.reply(conn, admin.format_ok(LEVEL_NAMES.get(self.config.log_level, b"ERROR")))
+        elif c is C.MAXQUEUE:
+            func, limits = admin.maxqueue_limits(args)
+            self.send_shard(
+                routing.shard_for(func, self.shards),
+                messages.pack(
+                    messages.OP_ADMIN,
+                    conn.id,
+                    orjson.dumps({"cmd": "maxqueue", "func": _text(func), "limits": limits}),
+                ),
+            )
+            self.reply(conn, admin.OK_REPLY)
+        elif c is C.CANCEL_JOB:
+            handle = args[0]
+            shard = routing.shard_for_handle(handle, self.shards)
+            if shard is None:
+                self.reply(conn, admin.ERR_UNKNOWN_JOB)
+                return
+            self.gather_shards(
+                conn,
+                {"cmd": "cancel_job", "handle": _text(handle)},
+                lambda parts: admin.OK_REPLY if parts and parts[0] else admin.ERR_UNKNOWN_JOB,
+                [shard],
+            )
+        elif c is C.CREATE_FUNCTION:
+            func = args[0]
+            self.send_shard(
+                routing.shard_for(func, self.shards),
+                messages.pack(
+                    messages.OP_ADMIN,
+                    conn.id,
+                    orjson.dumps({"cmd": "create_function", "func": _text(func)}),
+                ),
+            )
+            self.reply(conn, admin.OK_REPLY)
+        elif c is C.DROP_FUNCTION:
+            self.gather_shards(conn, {"cmd": "drop_function", "func": _text(args[0])}, _finish_drop)
+        elif c is C.SHUTDOWN:
+            graceful = bool(args) and args[0].lower() == b"graceful"
+            self.reply(conn, admin.OK_REPLY)
+            os.kill(os.getppid(), signal.SIGUSR1 if graceful else signal.SIGTERM)
+        else:  # pragma: no cover - parse_admin answers unknown commands itself
+            self.reply(conn, admin.unknown_command(tokens[0] if tokens else b""))
+
+
+def _finish_drop(parts: list[Any]) -> bytes:
+    if "ok" in parts:
+        return admin.OK_REPLY
+    if "busy" in parts:
+        return admin.ERR_FUNCTION_BUSY
+    return admin.ERR_FUNCTION_NOT_FOUND
+
+
+def _text(raw: bytes) -> str:
+    """Bytes -> str for orjson, losslessly (function names and uniques are arbitrary bytes)."""
+    return raw.decode("latin-1")
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("latin-1")
+
+
+def _fits_int64(value: bytes) -> bool:
+    """True if strtoll would parse `value` without overflow (non-numbers parse as 0)."""
+    digits = value.strip()
+    if digits[:1] in (b"-", b"+"):
+        digits = digits[1:]
+    n = 0
+    for i, ch in enumerate(digits):
+        if not 48 <= ch <= 57:
+            digits = digits[:i]
+            break
+    n = int(digits) if digits else 0
+    return n <= INT64_MAX + 1

@@ -1,0 +1,179 @@
+"""Record classes of the job core: jobs, functions, workers, and the persistence hook.
+
+These are plain slotted records with no behaviour; `shardgear.scheduler.Scheduler` owns and mutates
+them. Everything here is read-only for anyone else (a `JobStore`, admin code, tests).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final, Protocol
+
+# Job.state
+QUEUED: Final = 0  # in its function's deque at job.priority, runnable
+FUTURE: Final = 1  # an epoch job whose time has not come: in the scheduler's epoch heap
+RUNNING: Final = 2  # held by job.worker
+GONE: Final = 3  # finished, cancelled while queued, abandoned or dropped; no longer in any index
+
+# Job.ukind: which unique index of its function holds the job
+UK_NONE: Final = 0  # empty unique, `-` with empty data, or removed from the index
+UK_UNIQUE: Final = 1  # Function.uniques[job.unique]
+UK_PAYLOAD: Final = 2  # Function.payloads[job.data] (unique `-`: coalesce on identical payload)
+
+
+class Job:
+    """One job. `clients` lists the attached foreground client connections, one entry per
+    attached submission (a connection that submitted the same unique twice is listed twice and
+    gets every WORK_* packet twice, as in gearmand)."""
+
+    __slots__ = (
+        "background",
+        "cancelled",
+        "clients",
+        "data",
+        "den",
+        "fn",
+        "func",
+        "handle",
+        "num",
+        "priority",
+        "reducer",
+        "retries",
+        "state",
+        "stored",
+        "ukind",
+        "unique",
+        "when",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        handle: bytes,
+        fn: Function,
+        unique: bytes,
+        data: bytes,
+        priority: int,
+        when: int,
+        reducer: bytes,
+        background: bool,
+    ) -> None:
+        self.handle = handle
+        self.fn = fn
+        self.func: bytes = fn.name  # the function name, for stores and introspection
+        self.unique = unique
+        self.data = data
+        self.priority = priority  # 0 HIGH, 1 NORMAL, 2 LOW
+        self.when = when  # epoch seconds; 0 = run at once
+        self.reducer = reducer
+        self.background = background  # a background submission owns it: runs with no client
+        self.clients: list[int] = []
+        self.worker: Worker | None = None
+        self.retries = 0
+        self.num = 0
+        self.den = 0
+        self.stored = False  # JobStore.add succeeded and remove has not been called yet
+        self.cancelled = False
+        self.state = GONE
+        self.ukind = UK_NONE
+
+    @property
+    def ignored(self) -> bool:
+        """True if nobody wants the result: cancelled, or every foreground client left and no
+        background submission owns it (gearmand's `ignore_job`)."""
+        return self.cancelled or (not self.background and not self.clients)
+
+    def __repr__(self) -> str:
+        return f"Job({self.handle!r}, {self.func!r}, state={self.state})"
+
+
+class Function:
+    """A function registered or submitted on this shard: three FIFO queues and its counters."""
+
+    __slots__ = (
+        "bidx",
+        "dead",
+        "future",
+        "maxq",
+        "name",
+        "nready",
+        "payloads",
+        "queues",
+        "ready",
+        "running",
+        "sleepers",
+        "uniques",
+        "workers",
+    )
+
+    def __init__(self, name: bytes, bidx: int) -> None:
+        self.name = name
+        # The deques may hold tombstones (jobs no longer QUEUED); `ready` counts the live ones.
+        self.queues: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
+        self.ready = [0, 0, 0]  # runnable queued jobs per priority
+        self.nready = 0  # sum(ready)
+        self.future = [0, 0, 0]  # epoch jobs not yet due, per priority
+        self.running = 0
+        self.dead = 0  # tombstones in the deques
+        self.workers: dict[int, Worker] = {}  # conn -> worker registered for this function
+        self.sleepers: dict[Worker, None] = {}  # registered workers asleep and not yet woken
+        self.maxq = [0, 0, 0]  # maxqueue limits per priority; 0 = unlimited
+        self.bidx = bidx  # board index of the HIGH counter of this function's slot
+        self.uniques: dict[bytes, Job] = {}
+        self.payloads: dict[bytes, Job] = {}
+
+    @property
+    def total(self) -> int:
+        """Queued (runnable or future) plus running jobs: the `status` TOTAL."""
+        f = self.future
+        return self.nready + f[0] + f[1] + f[2] + self.running
+
+    def __repr__(self) -> str:
+        return f"Function({self.name!r})"
+
+
+class Worker:
+    """A connection that registered functions on this shard (or holds jobs of them)."""
+
+    __slots__ = (
+        "alive",
+        "conn",
+        "funcs",
+        "jobs",
+        "sleeping",
+        "timer_at",
+        "timer_entry_at",
+        "timer_job",
+        "timer_seq",
+        "woken",
+    )
+
+    def __init__(self, conn: int) -> None:
+        self.conn = conn
+        # Registered functions in round-robin order -> CAN_DO_TIMEOUT in ms (0 = none).
+        self.funcs: dict[Function, int] = {}
+        self.jobs: dict[Job, None] = {}  # jobs this connection holds
+        self.sleeping = False  # sent PRE_SLEEP and no GRAB since
+        self.woken = False  # had its wake-up for this sleep
+        self.timer_at: float | None = None  # CAN_DO_TIMEOUT deadline of timer_job
+        self.timer_job: Job | None = None
+        self.timer_seq = 0  # seq of this worker's live timer-heap entry; 0 = none
+        self.timer_entry_at = 0.0  # the time of that entry (<= timer_at when both are set)
+        self.alive = True
+
+    def __repr__(self) -> str:
+        return f"Worker({self.conn:#x})"
+
+
+class JobStore(Protocol):
+    """Optional persistence hook, called synchronously from the scheduler.
+
+    `add` is called for every background job before JOB_CREATED is sent (and for a background
+    submission that coalesces onto a job not stored yet); returning False refuses the submission
+    with ERROR QUEUE_ERROR and the job is not created. `remove` is called once when a stored job
+    completes, fails, is cancelled, dropped by the retry limit or dropped with its function.
+    """
+
+    def add(self, job: Job) -> bool: ...
+
+    def remove(self, job: Job) -> None: ...

@@ -1,0 +1,1082 @@
+"""The pure job core of one shard: functions, queues, uniques, jobs, workers, timers.
+
+Theory of operation
+-------------------
+A shard owns the functions whose names hash to it (`routing.shard_for`). Fronts forward each request
+as ``(conn, ptype, body)``; `Scheduler.handle_packet` applies it and appends *effects*
+``(op, conn, body)`` to `Scheduler.out` (ops from `shardgear.messages`): OP_SEND with one complete
+Gearman response packet, OP_WAKE for a sleeping worker that has work, OP_EXCEPTION with
+``HANDLE\\0DATA`` for a client (the front picks WORK_EXCEPTION or WORK_FAIL by the client's option),
+OP_CLOSE for a protocol error gearmand closes the connection for. The shard loop swaps `out` for a
+new list after each batch, so effects are only ever appended through ``self.out.append``.
+
+No sockets, no clock (time comes in as ``now``, seconds), no randomness, no logging except through
+the optional ``log`` callable. Nothing a peer sends raises: a malformed body gets an ERROR packet,
+missing fields read as empty, or the packet is ignored.
+
+House rules
+-----------
+1. A job is in exactly one place: a function deque (QUEUED), the epoch heap (FUTURE), a worker's
+   ``jobs`` (RUNNING), or nowhere (GONE). Deques may hold tombstones (GONE jobs removed without a
+   pop); ``Function.ready`` and the board count live entries only, and a deque is compacted when
+   tombstones outnumber live jobs.
+2. ``board[slot * 3 + prio]`` always equals the runnable QUEUED jobs of the functions in that slot:
+   every change of ``Function.ready`` updates it in the same place (`_enqueue`, `_take`,
+   `_unqueue`).
+3. A worker sits in ``Function.sleepers`` of each of its functions exactly while it is sleeping and
+   has not been woken since its last PRE_SLEEP.
+4. Timer heaps are lazy: stale entries are skipped when they surface.
+
+gearmand 2.0 semantics, and where shardgear deliberately differs (spec: gearman-protocol.md)
+--------------------------------------------------------------------------------------------
+* A 64-byte unique coalesces on all 64 bytes (gearmand keeps 63, so it never coalesces, §2.2 b).
+* SUBMIT_REDUCE_JOB* checks the *unique* length (gearmand checks the reducer, §6).
+* A background submission coalesced onto a foreground job marks it background: the job still runs
+  when every foreground client has left (gearmand drops it, gotcha §2.2 a), and it is stored.
+* A queued job whose foreground clients have all left (and is not background) is removed at once
+  and never counted in ``status`` (gearmand leaves it queued and counted until a GRAB reaches it).
+  A running one runs on, its result discarded; if it is requeued it is dropped silently.
+* A cancelled job leaves the unique index at once, so a new submission makes a new job; if it is
+  still running its worker carries on and its WORK_* packets are accepted (and go to nobody).
+* ``drop function`` with queued jobs fails them (WORK_FAIL to their clients, removed from the
+  store) instead of leaking them (§2.11).
+* STATUS_RES_UNIQUE's CLIENT_COUNT is the real number of attached clients (gearmand: always 0).
+* CAN_DO_TIMEOUT: the per-connection timer follows the latest assignment; an assignment of a
+  function without a timeout clears it, and so does the end (or requeue) of the timed job, so no
+  stale timer ever fires (#301). PRE_SLEEP deletes the timer whether or not it answers with a
+  wake-up.
+* An epoch job joins the tail of its queue when it becomes due (gearmand leaves it at its submission
+  position and skips it until then).
+* ``job_retries`` N > 0 means N attempts in total; 0 means unlimited (gearmand <= 2.0).
+* The board is zeroed when the scheduler is created (a restarted shard starts with no jobs).
+* A failed JobStore.add answers ERROR QUEUE_ERROR "Persistent store failed: could not save the job"
+  (gearmand's text is the bare error name).
+* As in gearmand: a connection that joins the same job twice in the foreground is attached twice
+  and gets every WORK_* packet twice; GET_STATUS_UNIQUE answered here covers this shard only (with
+  several shards the front gathers `Scheduler.status_unique`).
+
+The record classes live in `shardgear.jobs`; this module is the one state machine that mutates them
+(its invariants span every method, see `check_invariants`), which is why it is not split further.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections.abc import Callable, Iterable, MutableSequence
+from itertools import islice
+from typing import Final, cast
+
+from . import routing
+from .jobs import (
+    FUTURE,
+    GONE,
+    QUEUED,
+    RUNNING,
+    UK_NONE,
+    UK_PAYLOAD,
+    UK_UNIQUE,
+    Function,
+    Job,
+    JobStore,
+    Worker,
+)
+from .messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE, front_of
+
+__all__ = ["Job", "JobStore", "Scheduler"]
+
+# Gearman packet types (spec §1.2); the lead will point these at proto.packets.PacketType.
+CAN_DO: Final = 1
+CANT_DO: Final = 2
+RESET_ABILITIES: Final = 3
+PRE_SLEEP: Final = 4
+SUBMIT_JOB: Final = 7
+JOB_CREATED: Final = 8
+GRAB_JOB: Final = 9
+NO_JOB: Final = 10
+JOB_ASSIGN: Final = 11
+WORK_STATUS: Final = 12
+WORK_COMPLETE: Final = 13
+WORK_FAIL: Final = 14
+GET_STATUS: Final = 15
+ECHO_REQ: Final = 16
+ECHO_RES: Final = 17
+SUBMIT_JOB_BG: Final = 18
+ERROR: Final = 19
+STATUS_RES: Final = 20
+SUBMIT_JOB_HIGH: Final = 21
+SET_CLIENT_ID: Final = 22
+CAN_DO_TIMEOUT: Final = 23
+WORK_EXCEPTION: Final = 25
+OPTION_REQ: Final = 26
+WORK_DATA: Final = 28
+WORK_WARNING: Final = 29
+GRAB_JOB_UNIQ: Final = 30
+JOB_ASSIGN_UNIQ: Final = 31
+SUBMIT_JOB_HIGH_BG: Final = 32
+SUBMIT_JOB_LOW: Final = 33
+SUBMIT_JOB_LOW_BG: Final = 34
+SUBMIT_JOB_EPOCH: Final = 36
+SUBMIT_REDUCE_JOB: Final = 37
+SUBMIT_REDUCE_JOB_BACKGROUND: Final = 38
+GRAB_JOB_ALL: Final = 39
+JOB_ASSIGN_ALL: Final = 40
+GET_STATUS_UNIQUE: Final = 41
+STATUS_RES_UNIQUE: Final = 42
+MAX_PACKET_TYPE: Final = 42
+
+HIGH: Final = 0
+NORMAL: Final = 1
+LOW: Final = 2
+
+MAX_UNIQUE: Final = 64  # longer uniques are refused
+HANDLE_SIZE: Final = 64  # handles are shorter than this
+_INT64_MAX: Final = (1 << 63) - 1
+_INT64_MIN: Final = -(1 << 63)
+_COMPACT_MIN: Final = 256  # compact a function's deques past this many tombstones
+
+_II = struct.Struct("!II")
+_RES: Final = b"\0RES"
+_pack = _II.pack
+
+
+def _res(ptype: int, *args: bytes) -> bytes:
+    """Return one complete Gearman response packet."""
+    body = b"\0".join(args)
+    return _RES + _pack(ptype, len(body)) + body
+
+
+def _error(code: bytes, text: bytes) -> bytes:
+    return _res(ERROR, code, text)
+
+
+_NO_JOB: Final = _res(NO_JOB)
+_ERR_UNIQUE: Final = _error(b"ARGUMENT_TOO_LARGE", b"Unique value too large")
+_ERR_QUEUE_FULL: Final = _error(b"QUEUE_ERROR", b"Job queue is full")
+_ERR_STORE: Final = _error(b"QUEUE_ERROR", b"Persistent store failed: could not save the job")
+_ERR_NOT_EXPECTED: Final = _error(b"INVALID_COMMAND", b"Command not expected")
+_ERR_NO_JOB_DATA: Final = _error(b"JOB_NOT_FOUND", b"Job does not exist on server")
+_ERR_NO_JOB_RESULT: Final = _error(b"JOB_NOT_FOUND", b"Job given in work result not found")
+_ERR_NO_JOB_EXC: Final = _error(
+    b"JOB_NOT_FOUND", b"An exception was received for a job that does not exist"
+)
+_ERR_HANDLE_SIZE: Final = _error(
+    b"ARGUMENT_TOO_LARGE",
+    b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf",
+)
+_WS = b" \t\n\v\f\r"
+
+# submit packet type -> (priority, background)
+_SUBMITS: Final[dict[int, tuple[int, bool]]] = {
+    SUBMIT_JOB: (NORMAL, False),
+    SUBMIT_JOB_BG: (NORMAL, True),
+    SUBMIT_JOB_HIGH: (HIGH, False),
+    SUBMIT_JOB_HIGH_BG: (HIGH, True),
+    SUBMIT_JOB_LOW: (LOW, False),
+    SUBMIT_JOB_LOW_BG: (LOW, True),
+}
+
+
+def _strtol(s: bytes) -> int | None:
+    """C ``strtoll`` on `s`: leading blanks and sign, then digits; no digits = 0; None on int64
+    overflow."""
+    if s.isdigit() and len(s) < 19:
+        return int(s)
+    s = s.lstrip(_WS)
+    neg = s[:1] == b"-"
+    i = 1 if s[:1] in (b"-", b"+") else 0
+    j = i
+    n = len(s)
+    while j < n and 48 <= s[j] <= 57:
+        j += 1
+    if j == i:
+        return 0
+    v = int(s[i:j])
+    if neg:
+        v = -v
+    if v > _INT64_MAX or v < _INT64_MIN:
+        return None
+    return v
+
+
+def _atou32(s: bytes) -> int:
+    """C ``atoi`` stored into a uint32 (glibc: strtol clamped, then truncated)."""
+    v = _strtol(s)
+    if v is None:
+        v = _INT64_MAX if s.lstrip(_WS)[:1] != b"-" else _INT64_MIN
+    return v & 0xFFFFFFFF
+
+
+class Scheduler:
+    """The job core of one shard. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        shard_index: int,
+        shard_count: int,
+        handle_prefix: bytes,
+        job_retries: int = 0,
+        worker_wakeup: int = 0,
+        board: MutableSequence[int] | memoryview | None = None,
+        store: JobStore | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        if not 0 <= shard_index < shard_count:
+            raise ValueError("shard_index must be in [0, shard_count)")
+        prefix = handle_prefix + b":"
+        # the largest handle number must still give a handle shorter than HANDLE_SIZE
+        if len(prefix) + 20 >= HANDLE_SIZE:
+            raise ValueError("handle_prefix too long: handles must stay under 64 bytes")
+        self.out: list[tuple[int, int, bytes]] = []
+        self.shard_index = shard_index
+        self.shard_count = shard_count
+        self.job_retries = job_retries
+        self.worker_wakeup = worker_wakeup
+        self._prefix = prefix
+        self._next_n = routing.handle_number(0, shard_index, shard_count)
+        self._board: MutableSequence[int] | None = cast("MutableSequence[int] | None", board)
+        if self._board is not None:
+            for i in range(len(self._board)):
+                self._board[i] = 0
+        self._store = store
+        self._log = log
+        self._functions: dict[bytes, Function] = {}
+        self._jobs: dict[bytes, Job] = {}
+        self._workers: dict[int, Worker] = {}
+        self._clients: dict[int, dict[Job, None]] = {}  # client conn -> jobs it is attached to
+        self._epochs: list[tuple[float, int, Job]] = []  # (when, seq, job) of FUTURE jobs
+        self._timers: list[tuple[float, int, Worker]] = []  # (at, seq, worker): CAN_DO_TIMEOUT
+        self._seq = 0
+        self._running = 0
+        d: dict[int, Callable[[int, int, bytes, float], None]] = {}
+        for t in _SUBMITS:
+            d[t] = self._submit
+        d[SUBMIT_JOB_EPOCH] = self._submit_epoch
+        d[SUBMIT_REDUCE_JOB] = self._submit_reduce
+        d[SUBMIT_REDUCE_JOB_BACKGROUND] = self._submit_reduce
+        d[GRAB_JOB] = self._grab
+        d[GRAB_JOB_UNIQ] = self._grab
+        d[GRAB_JOB_ALL] = self._grab
+        d[PRE_SLEEP] = self._pre_sleep
+        d[CAN_DO] = self._can_do
+        d[CAN_DO_TIMEOUT] = self._can_do
+        d[CANT_DO] = self._cant_do
+        d[RESET_ABILITIES] = self._reset_abilities
+        d[WORK_DATA] = self._work_data
+        d[WORK_WARNING] = self._work_data
+        d[WORK_STATUS] = self._work_status
+        d[WORK_COMPLETE] = self._work_end
+        d[WORK_EXCEPTION] = self._work_end
+        d[WORK_FAIL] = self._work_fail
+        d[GET_STATUS] = self._get_status
+        d[GET_STATUS_UNIQUE] = self._get_status_unique
+        d[ECHO_REQ] = self._echo
+        d[SET_CLIENT_ID] = self._front_only
+        d[OPTION_REQ] = self._front_only
+        self._dispatch = d
+
+    # ------------------------------------------------------------------ entry points
+
+    def handle_packet(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        """Apply one request from connection `conn`. Never raises for any input.
+
+        For a request that has a reply (SUBMIT_*, GRAB_JOB*, GET_STATUS*), the first OP_SEND to
+        `conn` this call appends is that reply (the shard relies on it to keep replies in order).
+        Timers are not fired here: the caller runs `tick(now)` once `next_deadline()` is due.
+        """
+        h = self._dispatch.get(ptype)
+        if h is not None:
+            h(conn, ptype, body, now)
+        elif 0 < ptype <= MAX_PACKET_TYPE:
+            self.out.append((OP_SEND, conn, _ERR_NOT_EXPECTED))
+        else:
+            self.out.append((OP_CLOSE, conn, b""))
+
+    def disconnect(self, conn: int, now: float) -> None:
+        """Connection `conn` is gone: requeue what it held, drop its registrations, detach it
+        from the jobs it submitted."""
+        w = self._workers.pop(conn, None)
+        if w is not None:
+            w.alive = False
+            w.timer_at = None
+            w.timer_job = None
+            for f in w.funcs:
+                del f.workers[conn]
+                f.sleepers.pop(w, None)
+            w.funcs.clear()
+            for job in list(w.jobs):
+                self._requeue(job)
+        jobs = self._clients.pop(conn, None)
+        if jobs is not None:
+            for job in jobs:
+                job.clients = [c for c in job.clients if c != conn]
+                if not job.clients and not job.background and job.state != RUNNING:
+                    self._abandon(job)
+
+    def drop_front(self, front: int, now: float) -> None:
+        """Every connection of front `front` is gone (the front crashed or restarted)."""
+        conns = {c for c in self._workers if front_of(c) == front}
+        conns.update(c for c in self._clients if front_of(c) == front)
+        for c in sorted(conns):
+            self.disconnect(c, now)
+
+    def next_deadline(self) -> float | None:
+        """The earliest time `tick` has something to do, or None."""
+        ep = self._epochs
+        while ep and ep[0][2].state != FUTURE:
+            heapq.heappop(ep)
+        tm = self._timers
+        while tm:
+            at, seq, w = tm[0]
+            if seq != w.timer_seq or w.timer_at is None:
+                heapq.heappop(tm)
+                if seq == w.timer_seq:
+                    w.timer_seq = 0
+            elif w.timer_at > at:
+                heapq.heappop(tm)
+                self._push_timer(w, w.timer_at)
+            else:
+                break
+        if ep and tm:
+            return min(ep[0][0], tm[0][0])
+        if ep:
+            return ep[0][0]
+        if tm:
+            return tm[0][0]
+        return None
+
+    def tick(self, now: float) -> None:
+        """Fire every epoch job and CAN_DO_TIMEOUT due at `now`."""
+        ep = self._epochs
+        while ep and ep[0][0] <= now:
+            job = heapq.heappop(ep)[2]
+            if job.state == FUTURE:
+                job.fn.future[job.priority] -= 1
+                self._enqueue(job)
+        tm = self._timers
+        while tm and tm[0][0] <= now:
+            _, seq, w = heapq.heappop(tm)
+            if seq != w.timer_seq:
+                continue
+            w.timer_seq = 0
+            at = w.timer_at
+            if at is None:
+                continue
+            if at > now:
+                self._push_timer(w, at)
+                continue
+            held = w.timer_job
+            w.timer_at = None
+            w.timer_job = None
+            if held is not None and held.worker is w:
+                self._requeue(held)
+
+    # ------------------------------------------------------------------ admin and gathers
+
+    def status(self) -> list[tuple[bytes, int, int, int]]:
+        """(function, total = queued incl. future + running, running, registered workers)."""
+        return [(f.name, f.total, f.running, len(f.workers)) for f in self._functions.values()]
+
+    def priority_status(self) -> list[tuple[bytes, int, int, int, int]]:
+        """(function, HIGH, NORMAL, LOW queued incl. future epoch jobs, registered workers)."""
+        rows = []
+        for f in self._functions.values():
+            r, u = f.ready, f.future
+            rows.append((f.name, r[0] + u[0], r[1] + u[1], r[2] + u[2], len(f.workers)))
+        return rows
+
+    def show_jobs(self) -> list[tuple[bytes, int, int, int]]:
+        """(handle, retries, ignored 0/1, persisted 0/1) of every job."""
+        return [(j.handle, j.retries, int(j.ignored), int(j.stored)) for j in self._jobs.values()]
+
+    def show_unique_jobs(self) -> list[bytes]:
+        """The unique of every job (empty for jobs without one)."""
+        return [j.unique for j in self._jobs.values()]
+
+    def status_unique(self, unique: bytes) -> tuple[int, int, int, int, int] | None:
+        """(1, running 0/1, num, den, attached clients) of the first job with `unique`."""
+        if not unique:
+            return None
+        for f in self._functions.values():
+            job = f.uniques.get(unique)
+            if job is None and unique == b"-" and f.payloads:
+                job = next(iter(f.payloads.values()))
+            if job is not None:
+                return (1, int(job.state == RUNNING), job.num, job.den, len(job.clients))
+        return None
+
+    def cancel_job(self, handle: bytes) -> bool:
+        """Admin ``cancel job``: fail the job's clients, forget it; a running job's worker carries
+        on unheard. False if there is no such job."""
+        job = self._jobs.get(handle)
+        if job is None:
+            return False
+        self._fail_clients(job)
+        self._unindex(job)
+        job.cancelled = True
+        if job.stored:
+            self._unstore(job)
+        if job.state != RUNNING:
+            if job.state == QUEUED:
+                self._unqueue(job)
+            elif job.state == FUTURE:
+                job.fn.future[job.priority] -= 1
+            self._forget(job)
+        return True
+
+    def maxqueue(self, func: bytes, limits: tuple[int, int, int]) -> None:
+        """Set the per-priority queue limits of `func` (negative = 0 = unlimited)."""
+        f = self._functions.get(func)
+        if f is not None:
+            f.maxq = [max(0, int(x)) for x in limits[:3]]
+
+    def create_function(self, func: bytes) -> None:
+        self._function(func)
+
+    def drop_function(self, func: bytes) -> str:
+        """Admin ``drop function`` (name matched case-insensitively): "ok", "busy" while workers
+        are registered or jobs run, "missing". Queued jobs are failed and unstored."""
+        low = func.lower()
+        for f in self._functions.values():
+            if f.name.lower() == low:
+                break
+        else:
+            return "missing"
+        if f.workers or f.running:
+            return "busy"
+        for job in [j for j in self._jobs.values() if j.fn is f]:
+            self._drop(job)
+        del self._functions[f.name]
+        return "ok"
+
+    def running_count(self) -> int:
+        return self._running
+
+    def job_count(self) -> int:
+        return len(self._jobs)
+
+    def jobs(self) -> Iterable[Job]:
+        return self._jobs.values()
+
+    def add_recovered(
+        self,
+        func: bytes,
+        unique: bytes,
+        data: bytes,
+        priority: int,
+        when: int,
+        reducer: bytes,
+        now: float,
+    ) -> bytes:
+        """Add a stored background job with no client (store replay) and return its handle.
+        Coalesces by unique like a submission; the job counts as persisted."""
+        f = self._function(func)
+        old = self._lookup(f, unique, data)
+        if old is not None:
+            old.background = True
+            old.stored = True
+            return old.handle
+        prio = priority if priority in (HIGH, NORMAL, LOW) else NORMAL
+        job = Job(self._new_handle(), f, unique, data, prio, when, reducer, True)
+        job.stored = True
+        self._insert(job, when, now)
+        return job.handle
+
+    # ------------------------------------------------------------------ submissions
+
+    def _submit(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        parts = body.split(b"\0", 2)
+        while len(parts) < 3:
+            parts.append(b"")
+        prio, bg = _SUBMITS[ptype]
+        self._add(conn, parts[0], parts[1], parts[2], prio, bg, 0, b"", now)
+
+    def _submit_epoch(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        parts = body.split(b"\0", 3)
+        while len(parts) < 4:
+            parts.append(b"")
+        when = _strtol(parts[2])
+        if when is None:
+            self.out.append((OP_CLOSE, conn, b""))
+            return
+        self._add(conn, parts[0], parts[1], parts[3], NORMAL, True, when, b"", now)
+
+    def _submit_reduce(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        parts = body.split(b"\0", 4)
+        while len(parts) < 5:
+            parts.append(b"")
+        bg = ptype == SUBMIT_REDUCE_JOB_BACKGROUND
+        self._add(conn, parts[0], parts[1], parts[4], NORMAL, bg, 0, parts[2], now)
+
+    def _add(
+        self,
+        conn: int,
+        name: bytes,
+        unique: bytes,
+        data: bytes,
+        prio: int,
+        bg: bool,
+        when: int,
+        reducer: bytes,
+        now: float,
+    ) -> None:
+        out = self.out
+        if len(unique) > MAX_UNIQUE:
+            out.append((OP_SEND, conn, _ERR_UNIQUE))
+            return
+        f = self._functions.get(name)
+        if f is None:
+            f = self._function(name)
+        job = self._lookup(f, unique, data) if unique else None
+        if job is not None:  # coalesce
+            if bg:
+                if not job.background:
+                    if self._store is not None and not job.stored:
+                        if not self._store.add(job):
+                            out.append((OP_SEND, conn, _ERR_STORE))
+                            return
+                        job.stored = True
+                    job.background = True
+            else:
+                job.clients.append(conn)
+                self._attach(conn, job)
+            handle = job.handle
+            out.append((OP_SEND, conn, _RES + _pack(JOB_CREATED, len(handle)) + handle))
+            return
+        limit = f.maxq[prio]
+        if limit > 0 and f.total >= limit:
+            out.append((OP_SEND, conn, _ERR_QUEUE_FULL))
+            return
+        n = self._next_n
+        handle = self._prefix + b"%d" % n
+        job = Job(handle, f, unique, data, prio, when, reducer, bg)
+        if bg:
+            if self._store is not None:
+                if not self._store.add(job):
+                    out.append((OP_SEND, conn, _ERR_STORE))
+                    return
+                job.stored = True
+        else:
+            job.clients.append(conn)
+            self._attach(conn, job)
+        self._next_n = n + self.shard_count
+        out.append((OP_SEND, conn, _RES + _pack(JOB_CREATED, len(handle)) + handle))
+        self._insert(job, when, now)
+
+    def _attach(self, conn: int, job: Job) -> None:
+        d = self._clients.get(conn)
+        if d is None:
+            self._clients[conn] = {job: None}
+        else:
+            d[job] = None
+
+    def _lookup(self, f: Function, unique: bytes, data: bytes) -> Job | None:
+        if unique == b"-":
+            return f.payloads.get(data) if data else None
+        return f.uniques.get(unique) if unique else None
+
+    def _insert(self, job: Job, when: int, now: float) -> None:
+        """Index a new job and queue it (or hold it until `when`)."""
+        self._jobs[job.handle] = job
+        unique = job.unique
+        if unique == b"-":
+            if job.data:
+                job.fn.payloads[job.data] = job
+                job.ukind = UK_PAYLOAD
+        elif unique:
+            job.fn.uniques[unique] = job
+            job.ukind = UK_UNIQUE
+        if when > now:
+            job.state = FUTURE
+            job.fn.future[job.priority] += 1
+            self._seq += 1
+            heapq.heappush(self._epochs, (float(when), self._seq, job))
+        else:
+            self._enqueue(job)
+
+    def _new_handle(self) -> bytes:
+        n = self._next_n
+        self._next_n = n + self.shard_count
+        return self._prefix + b"%d" % n
+
+    def _function(self, name: bytes) -> Function:
+        f = self._functions.get(name)
+        if f is None:
+            f = Function(name, routing.board_slot(name) * routing.PRIORITIES)
+            self._functions[name] = f
+        return f
+
+    # ------------------------------------------------------------------ queues
+
+    def _enqueue(self, job: Job) -> None:
+        """Append a job at the tail of its queue and wake sleepers."""
+        f = job.fn
+        p = job.priority
+        job.state = QUEUED
+        f.queues[p].append(job)
+        f.ready[p] += 1
+        f.nready += 1
+        b = self._board
+        if b is not None:
+            b[f.bidx + p] += 1
+        if f.sleepers:
+            self._wake(f)
+
+    def _unqueue(self, job: Job) -> None:
+        """Take a QUEUED job out of its queue without a pop (it becomes a tombstone)."""
+        f = job.fn
+        p = job.priority
+        job.state = GONE
+        f.ready[p] -= 1
+        f.nready -= 1
+        b = self._board
+        if b is not None:
+            b[f.bidx + p] -= 1
+        f.dead += 1
+        if f.dead > _COMPACT_MIN and f.dead > f.nready:
+            for q in f.queues:
+                live = [j for j in q if j.state == QUEUED]
+                q.clear()
+                q.extend(live)
+            f.dead = 0
+
+    def _take(self, f: Function, p: int) -> Job:
+        """Pop the head job of `f` at priority `p` (which has one)."""
+        q = f.queues[p]
+        job = q.popleft()
+        while job.state != QUEUED:
+            f.dead -= 1
+            job = q.popleft()
+        f.ready[p] -= 1
+        f.nready -= 1
+        b = self._board
+        if b is not None:
+            b[f.bidx + p] -= 1
+        return job
+
+    def _wake(self, f: Function) -> None:
+        """Wake sleepers of `f` that have had no wake-up this sleep (at most worker_wakeup)."""
+        sl = f.sleepers
+        k = self.worker_wakeup
+        woken = list(sl) if k <= 0 or k >= len(sl) else list(islice(sl, k))
+        out = self.out
+        for w in woken:
+            w.woken = True
+            for g in w.funcs:
+                g.sleepers.pop(w, None)
+            out.append((OP_WAKE, w.conn, b""))
+
+    # ------------------------------------------------------------------ workers
+
+    def _can_do(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        timeout = 0
+        name = body
+        if ptype == CAN_DO_TIMEOUT:
+            name, _, t = body.partition(b"\0")
+            tv = _strtol(t)
+            if tv is None or len(t) > 20:
+                self.out.append((OP_CLOSE, conn, b""))
+                return
+            timeout = tv
+        w = self._workers.get(conn)
+        if w is None:
+            w = self._workers[conn] = Worker(conn)
+        f = self._functions.get(name)
+        if f is None:
+            f = self._function(name)
+        if f not in w.funcs:
+            f.workers[conn] = w
+            if w.sleeping and not w.woken:
+                f.sleepers[w] = None
+        w.funcs[f] = timeout
+
+    def _cant_do(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        w = self._workers.get(conn)
+        f = self._functions.get(body)
+        if w is None or f is None or f not in w.funcs:
+            return
+        del w.funcs[f]
+        del f.workers[conn]
+        f.sleepers.pop(w, None)
+        for job in [j for j in w.jobs if j.fn is f]:
+            self._requeue(job)
+        self._maybe_forget_worker(w)
+
+    def _reset_abilities(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        w = self._workers.get(conn)
+        if w is None:
+            return
+        for f in w.funcs:
+            del f.workers[conn]
+            f.sleepers.pop(w, None)
+        w.funcs.clear()
+        for job in list(w.jobs):
+            self._requeue(job)
+        self._maybe_forget_worker(w)
+
+    def _maybe_forget_worker(self, w: Worker) -> None:
+        if not w.funcs and not w.jobs:
+            w.alive = False
+            w.timer_at = None
+            w.timer_job = None
+            del self._workers[w.conn]
+
+    def _pre_sleep(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        w = self._workers.get(conn)
+        if w is None:
+            return
+        w.timer_at = None
+        w.timer_job = None
+        w.sleeping = True
+        for f in w.funcs:
+            if f.nready:
+                w.woken = True
+                for g in w.funcs:
+                    g.sleepers.pop(w, None)
+                self.out.append((OP_WAKE, conn, b""))
+                return
+        w.woken = False
+        for f in w.funcs:
+            f.sleepers[w] = None
+
+    def _grab(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        w = self._workers.get(conn)
+        if w is None:
+            self.out.append((OP_SEND, conn, _NO_JOB))
+            return
+        funcs = w.funcs
+        if w.sleeping:
+            w.sleeping = False
+            if not w.woken:
+                for g in funcs:
+                    g.sleepers.pop(w, None)
+            w.woken = False
+        best = 3
+        chosen: Function | None = None
+        for f in funcs:
+            if not f.nready:
+                continue
+            r = f.ready
+            p = 0 if r[0] else (1 if r[1] else 2)
+            if p < best:
+                best = p
+                chosen = f
+                if p == 0:
+                    break
+        if chosen is None:
+            self.out.append((OP_SEND, conn, _NO_JOB))
+            return
+        if body and body != chosen.name:
+            pf = self._functions.get(body)
+            if pf is not None and pf.ready[best] and pf in funcs:
+                chosen = pf
+        timeout = funcs[chosen]
+        if len(funcs) > 1:
+            del funcs[chosen]
+            funcs[chosen] = timeout
+        job = self._take(chosen, best)
+        job.state = RUNNING
+        job.worker = w
+        w.jobs[job] = None
+        chosen.running += 1
+        self._running += 1
+        if timeout > 0:
+            at = now + (timeout if timeout > 1000 else 1000) / 1000.0
+            w.timer_at = at
+            w.timer_job = job
+            if w.timer_seq == 0 or at < w.timer_entry_at:
+                self._push_timer(w, at)
+        elif w.timer_at is not None:
+            w.timer_at = None
+            w.timer_job = None
+        h = job.handle
+        name = chosen.name
+        data = job.data
+        if ptype == GRAB_JOB:
+            size = len(h) + len(name) + len(data) + 2
+            parts: tuple[bytes, ...] = (_pack(JOB_ASSIGN, size), h, b"\0", name, b"\0", data)
+        elif ptype == GRAB_JOB_ALL and job.reducer:
+            u, red = job.unique, job.reducer
+            size = len(h) + len(name) + len(u) + len(red) + len(data) + 4
+            parts = (_pack(JOB_ASSIGN_ALL, size), h, b"\0", name, b"\0", u, b"\0", red, b"\0", data)
+        else:
+            u = job.unique
+            size = len(h) + len(name) + len(u) + len(data) + 3
+            parts = (_pack(JOB_ASSIGN_UNIQ, size), h, b"\0", name, b"\0", u, b"\0", data)
+        self.out.append((OP_SEND, conn, _RES + b"".join(parts)))
+
+    def _push_timer(self, w: Worker, at: float) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (at, self._seq, w))
+        w.timer_seq = self._seq
+        w.timer_entry_at = at
+
+    # ------------------------------------------------------------------ work results
+
+    def _held(self, conn: int, handle: bytes) -> Job | None:
+        job = self._jobs.get(handle)
+        if job is None or job.worker is None or job.worker.conn != conn:
+            return None
+        return job
+
+    def _relay(self, job: Job, packet: bytes) -> None:
+        out = self.out
+        for c in job.clients:
+            out.append((OP_SEND, c, packet))
+
+    def _work_data(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        i = body.find(b"\0")
+        job = self._held(conn, body if i < 0 else body[:i])
+        if job is None:
+            self.out.append((OP_SEND, conn, _ERR_NO_JOB_DATA))
+        elif job.clients:
+            self._relay(job, _RES + _pack(ptype, len(body)) + body)
+
+    def _work_status(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        parts = body.split(b"\0", 2)
+        while len(parts) < 3:
+            parts.append(b"")
+        if len(parts[2]) > 11:
+            self.out.append((OP_CLOSE, conn, b""))
+            return
+        job = self._held(conn, parts[0])
+        if job is None:
+            self.out.append((OP_SEND, conn, _ERR_NO_JOB_RESULT))
+            return
+        job.num = _atou32(parts[1])
+        job.den = _atou32(parts[2])
+        if job.clients:
+            self._relay(job, _RES + _pack(ptype, len(body)) + body)
+
+    def _work_end(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        """WORK_COMPLETE and WORK_EXCEPTION: relay, then finish the job."""
+        i = body.find(b"\0")
+        handle = body if i < 0 else body[:i]
+        job = self._held(conn, handle)
+        if job is None:
+            err = _ERR_NO_JOB_RESULT if ptype == WORK_COMPLETE else _ERR_NO_JOB_EXC
+            self.out.append((OP_SEND, conn, err))
+            return
+        if job.clients:
+            if ptype == WORK_COMPLETE:
+                self._relay(job, _RES + _pack(ptype, len(body)) + body)
+            else:
+                exc = body if i >= 0 else body + b"\0"
+                out = self.out
+                for c in job.clients:
+                    out.append((OP_EXCEPTION, c, exc))
+        self._finish(job)
+
+    def _work_fail(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        if len(body) >= HANDLE_SIZE:
+            self.out.append((OP_SEND, conn, _ERR_HANDLE_SIZE))
+            return
+        job = self._held(conn, body)
+        if job is None:
+            self.out.append((OP_SEND, conn, _ERR_NO_JOB_RESULT))
+            return
+        if job.clients:
+            self._relay(job, _RES + _pack(WORK_FAIL, len(body)) + body)
+        self._finish(job)
+
+    # ------------------------------------------------------------------ status requests
+
+    def _get_status(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        if len(body) >= HANDLE_SIZE:
+            self.out.append((OP_CLOSE, conn, b""))
+            return
+        job = self._jobs.get(body)
+        if job is None:
+            pkt = _res(STATUS_RES, body, b"0", b"0", b"0", b"0")
+        else:
+            running = b"1" if job.state == RUNNING else b"0"
+            pkt = _res(STATUS_RES, body, b"1", running, b"%d" % job.num, b"%d" % job.den)
+        self.out.append((OP_SEND, conn, pkt))
+
+    def _get_status_unique(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        """This shard's answer only; with several shards the front gathers `status_unique`."""
+        if len(body) >= MAX_UNIQUE:
+            self.out.append((OP_CLOSE, conn, b""))
+            return
+        st = self.status_unique(body) or (0, 0, 0, 0, 0)
+        pkt = _res(STATUS_RES_UNIQUE, body, *(b"%d" % x for x in st))
+        self.out.append((OP_SEND, conn, pkt))
+
+    def _echo(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        self.out.append((OP_SEND, conn, _RES + _pack(ECHO_RES, len(body)) + body))
+
+    def _front_only(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        if self._log is not None:
+            self._log(f"packet type {ptype} reached a shard; the front answers it")
+
+    # ------------------------------------------------------------------ job lifecycle
+
+    def _requeue(self, job: Job) -> None:
+        """A held job goes back to its queue (a retry), or is dropped."""
+        w = job.worker
+        assert w is not None
+        del w.jobs[job]
+        job.worker = None
+        job.fn.running -= 1
+        self._running -= 1
+        if w.timer_job is job:
+            w.timer_at = None
+            w.timer_job = None
+        if job.ignored:
+            self._forget(job)
+            return
+        job.retries += 1
+        if 0 < self.job_retries <= job.retries:
+            if self._log is not None:
+                self._log(f"Dropped job due to max retry count: {job.handle.decode('latin-1')}")
+            self._drop(job)
+            return
+        job.num = 0
+        job.den = 0
+        self._enqueue(job)
+
+    def _finish(self, job: Job) -> None:
+        """A held job completed, failed or raised."""
+        w = job.worker
+        assert w is not None
+        del w.jobs[job]
+        job.worker = None
+        job.fn.running -= 1
+        self._running -= 1
+        if w.timer_job is job:
+            w.timer_at = None
+            w.timer_job = None
+        if job.stored:
+            self._unstore(job)
+        self._forget(job)
+
+    def _drop(self, job: Job) -> None:
+        """Fail a job that is not running: WORK_FAIL to its clients, unstore, forget."""
+        self._fail_clients(job)
+        if job.stored:
+            self._unstore(job)
+        if job.state == QUEUED:
+            self._unqueue(job)
+        elif job.state == FUTURE:
+            job.fn.future[job.priority] -= 1
+        self._forget(job)
+
+    def _fail_clients(self, job: Job) -> None:
+        if job.clients:
+            h = job.handle
+            self._relay(job, _RES + _pack(WORK_FAIL, len(h)) + h)
+            self._detach_all(job)
+
+    def _abandon(self, job: Job) -> None:
+        """The last foreground client of a job that is not running left."""
+        if job.state == QUEUED:
+            self._unqueue(job)
+        elif job.state == FUTURE:
+            job.fn.future[job.priority] -= 1
+        self._forget(job)
+
+    def _unstore(self, job: Job) -> None:
+        job.stored = False
+        if self._store is not None:
+            self._store.remove(job)
+
+    def _unindex(self, job: Job) -> None:
+        k = job.ukind
+        if k == UK_UNIQUE:
+            if job.fn.uniques.get(job.unique) is job:
+                del job.fn.uniques[job.unique]
+        elif k == UK_PAYLOAD and job.fn.payloads.get(job.data) is job:
+            del job.fn.payloads[job.data]
+        job.ukind = UK_NONE
+
+    def _detach_all(self, job: Job) -> None:
+        cl = self._clients
+        for c in job.clients:
+            d = cl.get(c)
+            if d is not None:
+                d.pop(job, None)
+                if not d:
+                    del cl[c]
+        job.clients = []
+
+    def _forget(self, job: Job) -> None:
+        """Remove a job that is in no queue and held by no worker from every index."""
+        job.state = GONE
+        self._jobs.pop(job.handle, None)
+        if job.ukind:
+            self._unindex(job)
+        if job.clients:
+            self._detach_all(job)
+
+    # ------------------------------------------------------------------ introspection for tests
+
+    def check_invariants(self) -> None:
+        """Assert every internal invariant (slow; for tests)."""
+        board: dict[int, int] = {}
+        seen: set[int] = set()
+        running = 0
+        for name, f in self._functions.items():
+            assert f.name == name
+            dead = 0
+            for p in range(3):
+                live = [j for j in f.queues[p] if j.state == QUEUED]
+                dead += len(f.queues[p]) - len(live)
+                assert len(live) == f.ready[p], (name, p)
+                for j in live:
+                    assert id(j) not in seen, j
+                    seen.add(id(j))
+                    assert j.fn is f and j.priority == p and j.worker is None
+                    assert self._jobs.get(j.handle) is j
+                    assert not j.ignored, j
+                board[f.bidx + p] = board.get(f.bidx + p, 0) + f.ready[p]
+            assert dead == f.dead
+            assert f.nready == sum(f.ready)
+            for conn, w in f.workers.items():
+                assert self._workers.get(conn) is w and f in w.funcs
+            for w in f.sleepers:
+                assert w.sleeping and not w.woken and f in w.funcs
+            for u, j in f.uniques.items():
+                assert j.unique == u and j.ukind == UK_UNIQUE and self._jobs.get(j.handle) is j
+            for pd, j in f.payloads.items():
+                assert j.data == pd and j.unique == b"-" and j.ukind == UK_PAYLOAD
+                assert self._jobs.get(j.handle) is j
+            running += f.running
+            assert f.running == sum(
+                1 for j in self._jobs.values() if j.fn is f and j.state == RUNNING
+            )
+            assert sum(f.future) == sum(
+                1 for j in self._jobs.values() if j.fn is f and j.state == FUTURE
+            )
+        assert running == self._running
+        if self._board is not None:
+            for i, v in enumerate(self._board):
+                assert v == board.get(i, 0), (i, v, board.get(i, 0))
+        for h, j in self._jobs.items():
+            assert j.handle == h and j.state != GONE
+            assert self._functions.get(j.func) is j.fn
+            if j.state == RUNNING:
+                assert j.worker is not None and j.worker.alive
+                assert self._workers.get(j.worker.conn) is j.worker and j in j.worker.jobs
+                assert j.fn in j.worker.funcs
+            else:
+                assert j.worker is None
+            if j.ukind == UK_UNIQUE:
+                assert j.fn.uniques.get(j.unique) is j
+            elif j.ukind == UK_PAYLOAD:
+                assert j.fn.payloads.get(j.data) is j
+            elif j.unique and not j.cancelled and (j.unique != b"-" or j.data):
+                raise AssertionError(f"{j} missing from the unique index")
+            for c in j.clients:
+                assert j in self._clients[c]
+        for c, attached in self._clients.items():
+            assert attached
+            for j in attached:
+                assert c in j.clients and self._jobs.get(j.handle) is j
+        for conn, w in self._workers.items():
+            assert w.conn == conn and w.alive and (w.funcs or w.jobs)
+            for j in w.jobs:
+                assert j.worker is w and j.state == RUNNING
+            for f in w.funcs:
+                assert f.workers.get(conn) is w
+                assert (w in f.sleepers) == (w.sleeping and not w.woken)

@@ -1,0 +1,285 @@
+"""A shard process: the I/O loop around the job core of the functions that hash to it.
+
+Theory of operation
+-------------------
+The shard sleeps in epoll on its doorbell (an eventfd that fronts write after they put messages in
+its rings) with a timeout set by the scheduler's next timer (epoch jobs, CAN_DO_TIMEOUT). Each turn
+it drains every input ring, feeds the messages to `Scheduler`, fires due timers, then routes the
+effects to the rings of the fronts that own the connections and rings each of those fronts'
+doorbells once.
+
+A request that expects exactly one reply (SUBMIT_JOB*, GRAB_JOB*, GET_STATUS) carries a sequence
+number; the first packet the scheduler sends back to that connection while handling it is that
+reply, and goes out as OP_REPLY with the same sequence number so the front can keep replies in
+request order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import time
+from typing import Any
+
+import orjson
+
+from shardgear import messages
+from shardgear.config import Config
+from shardgear.instance import Instance
+from shardgear.messages import HEADER
+from shardgear.proto.packets import PacketType
+from shardgear.scheduler import Scheduler
+from shardgear.shm import layout
+from shardgear.shm.channel import Receiver, Sender
+from shardgear.shm.ring import Ring
+from shardgear.shm.segment import Segment
+
+log = logging.getLogger("shardgear.shard")
+
+P = PacketType
+REPLY_TYPES = frozenset(
+    {
+        P.SUBMIT_JOB,
+        P.SUBMIT_JOB_BG,
+        P.SUBMIT_JOB_HIGH,
+        P.SUBMIT_JOB_HIGH_BG,
+        P.SUBMIT_JOB_LOW,
+        P.SUBMIT_JOB_LOW_BG,
+        P.SUBMIT_JOB_EPOCH,
+        P.SUBMIT_REDUCE_JOB,
+        P.SUBMIT_REDUCE_JOB_BACKGROUND,
+        P.GRAB_JOB,
+        P.GRAB_JOB_UNIQ,
+        P.GRAB_JOB_ALL,
+        P.GET_STATUS,
+    }
+)
+OP_SEND = messages.OP_SEND
+OP_REPLY = messages.OP_REPLY
+
+
+class Shard:
+    """One shard process. `run()` serves until SIGTERM."""
+
+    def __init__(
+        self, config: Config, index: int, instance: Instance, doorbells: list[int]
+    ) -> None:
+        self.config = config
+        self.index = index
+        self.fronts = config.fronts
+        self.my_bell = doorbells[config.fronts + index]
+        self.front_bells = doorbells[: config.fronts]
+        self.segments: list[Segment] = []
+        self.senders: list[Sender] = []
+        self.receivers: list[Receiver] = []
+        self.in_rings: list[Ring] = []
+        for f in range(self.fronts):
+            in_seg = self._attach(instance.to_shard(f, index))
+            out_seg = self._attach(instance.to_front(index, f))
+            ring = Ring(in_seg.buf)
+            self.in_rings.append(ring)
+            self.receivers.append(Receiver(ring))
+            self.senders.append(Sender(Ring(out_seg.buf)))
+        board_seg = self._attach(instance.board(index))
+        self.board = layout.board_view(board_seg.buf)
+        for i in range(len(self.board)):
+            self.board[i] = 0  # a restarted shard starts from an empty queue
+        self.scheduler = Scheduler(
+            shard_index=index,
+            shard_count=config.shards,
+            handle_prefix=config.job_handle_prefix.encode(),
+            job_retries=config.job_retries,
+            worker_wakeup=config.worker_wakeup,
+            board=self.board,
+            log=log.warning,
+        )
+        self.running = True
+        self.draining = False
+        self.dirty: set[int] = set()
+        self.fronts_seen: set[int] = set()
+        self.reply_seqs: dict[int, int] = {}  # index in scheduler.out -> seq of the request
+
+    def _attach(self, name: str) -> Segment:
+        seg = Segment.attach(name)
+        self.segments.append(seg)
+        return seg
+
+    def run(self, control: memoryview | None = None) -> None:
+        """Announce ourselves to every front and serve until stopped."""
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        epoll = select.epoll()
+        epoll.register(self.my_bell, select.EPOLLIN)
+        for f in range(self.fronts):
+            self.senders[f].send(messages.pack(messages.OP_HELLO, 0, arg=self.index))
+            self.dirty.add(f)
+        self.flush()
+        if control is not None:
+            control[layout.CTRL_PID] = os.getpid()
+            control[layout.CTRL_STATE] = layout.CHILD_READY
+        sched = self.scheduler
+        bell = self.my_bell
+        tick = 0
+        while self.running:
+            deadline = sched.next_deadline()
+            timeout = 1.0
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, deadline - time.time()))
+            try:
+                if epoll.poll(timeout):
+                    os.eventfd_read(bell)
+            except (InterruptedError, BlockingIOError):
+                pass
+            now = time.time()
+            for f, receiver in enumerate(self.receivers):
+                msgs = receiver.receive()
+                if msgs:
+                    self.handle(f, msgs, now)
+                    if receiver.producer_wants_wake():
+                        os.eventfd_write(self.front_bells[f], 1)
+            deadline = sched.next_deadline()
+            if deadline is not None and deadline <= now:
+                sched.tick(now)
+            if sched.out:
+                self.route()
+            self.flush()
+            tick += 1
+            if control is not None:
+                control[layout.CTRL_HEARTBEAT] = tick
+                control[layout.CTRL_RUNNING_JOBS] = sched.running_count()
+        for seg in self.segments:
+            seg.close()
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.running = False
+
+    def handle(self, front: int, msgs: list[bytes], now: float) -> None:
+        sched = self.scheduler
+        for m in msgs:
+            op, arg, extra, conn = HEADER.unpack_from(m)
+            if op == messages.OP_PACKET:
+                if arg in REPLY_TYPES:
+                    out = sched.out
+                    start = len(out)
+                    sched.handle_packet(conn, arg, m[16:], now)
+                    self._mark_reply(start, conn, extra)
+                else:
+                    sched.handle_packet(conn, arg, m[16:], now)
+            elif op == messages.OP_DISCONNECT:
+                sched.disconnect(conn, now)
+            elif op == messages.OP_HELLO:
+                log.log(
+                    logging.WARNING if arg in self.fronts_seen else logging.DEBUG,
+                    "front %d started",
+                    arg,
+                )
+                self.fronts_seen.add(arg)
+                sched.drop_front(arg, now)
+            elif op == messages.OP_ADMIN:
+                self.admin(conn, extra, m[16:])
+            elif op == messages.OP_RELAY:
+                for f in range(self.fronts):
+                    self.send(f, messages.pack(messages.OP_RELAY, conn, m[16:], extra=extra))
+            elif op == messages.OP_RELAY_REPLY:
+                self.send(
+                    messages.front_of(conn),
+                    messages.pack(messages.OP_RELAY_REPLY, conn, m[16:], extra=extra),
+                )
+            else:
+                log.error("unknown message op %d from front %d", op, front)
+
+    def _mark_reply(self, start: int, conn: int, seq: int) -> None:
+        """Mark the first packet sent to `conn` since `start` as the reply numbered `seq`."""
+        out = self.scheduler.out
+        for i in range(start, len(out)):
+            op, c, _body = out[i]
+            if c == conn and op == OP_SEND:
+                self.reply_seqs[i] = seq
+                return
+        log.error("no reply produced for a request of connection %x", conn)
+
+    def route(self) -> None:
+        """Write the scheduler's effects to the rings of the fronts that own the connections."""
+        out, self.scheduler.out = self.scheduler.out, []
+        seqs, self.reply_seqs = self.reply_seqs, {}
+        pack = HEADER.pack
+        senders = self.senders
+        dirty = self.dirty
+        fronts = self.fronts
+        for i, (op, conn, body) in enumerate(out):
+            front = conn >> messages.FRONT_SHIFT
+            if front >= fronts:
+                continue
+            seq = seqs.get(i) if seqs else None
+            if seq is None:
+                senders[front].send(pack(op, 0, 0, conn) + body)
+            else:
+                senders[front].send(pack(OP_REPLY, 0, seq, conn) + body)
+            dirty.add(front)
+
+    def send(self, front: int, message: bytes) -> None:
+        self.senders[front].send(message)
+        self.dirty.add(front)
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        still = set()
+        for f in self.dirty:
+            sender = self.senders[f]
+            if sender.flush():
+                os.eventfd_write(self.front_bells[f], 1)
+            if sender.queued:
+                still.add(f)
+        self.dirty = still
+
+    def admin(self, conn: int, gid: int, body: bytes) -> None:
+        """Answer an admin request from a front (orjson in, orjson out)."""
+        request = orjson.loads(body)
+        result = self.admin_result(request)
+        if result is _NO_REPLY:
+            return
+        self.send(
+            messages.front_of(conn),
+            messages.pack(messages.OP_ADMIN_REPLY, conn, orjson.dumps(result), extra=gid),
+        )
+
+    def admin_result(self, request: dict[str, Any]) -> Any:
+        sched = self.scheduler
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return [(_text(f), *rest) for f, *rest in sched.status()]
+        if cmd == "priority_status":
+            return [(_text(f), *rest) for f, *rest in sched.priority_status()]
+        if cmd == "show_jobs":
+            return [(_text(h), *rest) for h, *rest in sched.show_jobs()]
+        if cmd == "show_unique_jobs":
+            return [_text(u) for u in sched.show_unique_jobs()]
+        if cmd == "status_unique":
+            return sched.status_unique(_raw(request["unique"]))
+        if cmd == "cancel_job":
+            return sched.cancel_job(_raw(request["handle"]))
+        if cmd == "drop_function":
+            return sched.drop_function(_raw(request["func"]))
+        if cmd == "maxqueue":
+            high, normal, low = request["limits"]
+            sched.maxqueue(_raw(request["func"]), (int(high), int(normal), int(low)))
+            return _NO_REPLY
+        if cmd == "create_function":
+            sched.create_function(_raw(request["func"]))
+            return _NO_REPLY
+        log.error("unknown admin request %r", cmd)
+        return None
+
+
+_NO_REPLY = object()
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("latin-1")
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("latin-1")

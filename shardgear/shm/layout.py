@@ -1,0 +1,248 @@
+"""Byte layouts of everything shardgear keeps in shared memory: rings, boards, control blocks.
+
+Theory of operation
+===================
+
+Rings
+-----
+A ring is a single-producer single-consumer byte queue over one writable buffer (a POSIX
+shared-memory mapping in production, a ``bytearray`` in tests). Everything either side needs lives
+in the buffer, so a producer or a consumer that is killed and restarted attaches again and carries
+on from the published counters. No lock is ever shared between processes.
+
+``head`` and ``tail`` are free-running u64 byte counters: the producer only ever writes ``tail``,
+the consumer only ever writes ``head``, and ``tail - head`` is the number of bytes in use, so a full
+ring and an empty ring are never confused. A counter maps to the data area as
+``counter % capacity``. At a million 64-byte messages a second a u64 counter wraps after about
+8000 years, so wrap of the counters themselves is not handled.
+
+Each record is an 8-byte header, ``u32 length | u32 flags`` (read and written as one little-endian
+u64: ``length | flags << 32``), then ``length`` payload bytes, padded to a multiple of 8. A record
+never straddles the end of the data area: when it does not fit before the end, the producer writes a
+*wrap marker* (a record header whose length is ``WRAP_LENGTH``) and the record starts again at data
+offset 0; the bytes from the marker to the end count as used until the consumer passes them. Since
+every record is 8-aligned and the capacity is a multiple of 8, a marker always fits. A record's
+payload is at most ``max_record`` (a quarter of the capacity) bytes, so one put never needs more
+than about half of an empty ring, wrap included.
+
+Publish order (producer): write the payload, write the record header, then store ``tail``. The
+consumer reads ``tail``, then the records before it, then stores ``head``. CPython has no atomics or
+fences: this relies on the platform not reordering stores with stores nor loads with loads (x86-64's
+TSO), and on aligned 8-byte loads and stores not tearing (true of ``memoryview.cast('Q')`` item
+access on x86-64 and aarch64). On weakly ordered CPUs trust only what was published before the last
+doorbell (an eventfd or semaphore: system calls, which synchronise memory).
+
+Doorbell flags (each on its own cache line, so that the hot counters are not disturbed):
+
+* ``producer_waiting``: the producer found the ring full (and queued the rest in its overflow). It
+  sets the flag, then re-checks for room before it waits. A consumer that frees space and sees the
+  flag clears it and rings the producer's doorbell.
+* ``consumer_sleeping``: the consumer is about to block on its doorbell. It sets the flag, re-checks
+  that the ring is empty, then blocks; it clears the flag when it wakes. A producer may skip ringing
+  while the flag is 0. This is a store-then-load pattern that x86 may reorder, so a consumer must
+  always block with a timeout (1-10 ms) as a safety net against a lost wake-up.
+
+Ring header (all fields little-endian u64; the buffer starts here; the data area follows it)
+
+    offset  size  field              written by
+    0       8     magic              creator (``RING_MAGIC``, b"SGRING01"), once
+    8       8     version            creator (``RING_VERSION``), once
+    16      8     capacity           creator: data area bytes, a multiple of 8, >= MIN_CAPACITY
+    24      8     max_record         creator: largest payload of a record (capacity // 4, 8-aligned)
+    32      32    reserved           zero
+    64      8     head               consumer only: free-running count of bytes consumed
+    72      56    (padding)          - (head alone on its cache line)
+    128     8     tail               producer only: free-running count of bytes published
+    136     56    (padding)          - (tail alone on its cache line)
+    192     8     producer_waiting   producer sets to 1; consumer clears to 0 when it rings
+    200     56    (padding)
+    256     8     consumer_sleeping  consumer only (1 = about to block or blocked on its doorbell)
+    264     56    (padding)
+    320     cap   data area          producer writes records; consumer reads them
+
+Ring record (at data offset ``counter % capacity``, 8-aligned)
+
+    offset  size  field              written by
+    0       4     length             producer: payload bytes, or WRAP_LENGTH for a wrap marker
+    4       4     flags              producer: opaque to the ring (the channel uses FLAG_MORE/CONT)
+    8       len   payload            producer, then zero to 7 bytes of padding
+
+Board
+-----
+Each shard publishes the number of runnable queued jobs per (board slot, priority) so that fronts
+can choose between functions of different shards on GRAB_JOB without a ring hop (see
+ARCHITECTURE.md, "the board"). Only the shard writes its board; fronts only read it. The counters
+are u32 and are written one at a time through ``memoryview.cast('I')``, so a reader sees each
+counter either before or after an update, never torn.
+
+    offset  size  field              written by
+    0       8     magic              creator (``BOARD_MAGIC``, b"SGBOARD1"), once
+    8       8     version            creator (``BOARD_VERSION``), once
+    16      8     slots              creator: routing.BOARD_SLOTS
+    24      8     priorities         creator: routing.PRIORITIES
+    32      32    reserved           zero
+    64      4*N   counters           shard only: u32, N = slots * priorities; the counter of
+                                     (slot, priority) is at index ``slot * priorities + priority``
+                                     (HIGH = 0, NORMAL = 1, LOW = 2), see ``board_index``
+
+Control blocks
+--------------
+One ``CONTROL_BYTES`` block per child process slot (a cache line each), in an array owned by the
+supervisor. The child writes its own block; the supervisor reads it (and zeroes it before it spawns
+a child into the slot). There is no header: the supervisor both creates the segment and indexes it.
+
+    offset  size  field              written by
+    0       8     heartbeat          child: a tick it increments at least once per loop iteration
+    8       8     pid                child: its pid, written first thing after attaching
+    16      8     state              child: one of the CHILD_* constants
+    24      8     running_jobs       child: jobs it has in progress (shards) or connections (fronts)
+    32      32    reserved           zero
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+from shardgear import routing
+from shardgear.shm.errors import ShmError
+
+if TYPE_CHECKING:
+    import mmap
+
+#: A writable buffer a ring, a board or control blocks can live in.
+Buffer: TypeAlias = "bytearray | memoryview | mmap.mmap"
+
+# --------------------------------------------------------------------------------------------------
+# Ring
+
+RING_MAGIC: Final = int.from_bytes(b"SGRING01", "little")
+RING_VERSION: Final = 1
+RING_HEADER_BYTES: Final = 320
+MIN_CAPACITY: Final = 64
+
+#: The static part of the ring header: magic, version, capacity, max_record.
+RING_HEADER: Final = struct.Struct("<QQQQ")
+#: One record header: length, flags.
+RECORD_HEADER: Final = struct.Struct("<II")
+RECORD_HEADER_BYTES: Final = 8
+
+# Indexes of the header's u64 fields in ``buf.cast('Q')``.
+RING_MAGIC_Q: Final = 0
+RING_VERSION_Q: Final = 1
+RING_CAPACITY_Q: Final = 2
+RING_MAX_RECORD_Q: Final = 3
+RING_HEAD_Q: Final = 64 // 8
+RING_TAIL_Q: Final = 128 // 8
+RING_PRODUCER_WAITING_Q: Final = 192 // 8
+RING_CONSUMER_SLEEPING_Q: Final = 256 // 8
+
+#: Record length value that marks "skip to the start of the data area".
+WRAP_LENGTH: Final = 0xFFFFFFFF
+
+
+def ring_bytes(capacity: int) -> int:
+    """Return the buffer size that holds a ring with a data area of `capacity` bytes."""
+    if capacity < MIN_CAPACITY or capacity % 8:
+        raise ValueError(f"ring capacity must be a multiple of 8 >= {MIN_CAPACITY}: {capacity}")
+    return RING_HEADER_BYTES + capacity
+
+
+def ring_capacity(buffer_bytes: int) -> int:
+    """Return the data area size of a ring over a buffer of `buffer_bytes` bytes."""
+    return (buffer_bytes - RING_HEADER_BYTES) & ~7
+
+
+def max_record_for(capacity: int) -> int:
+    """Return the largest payload of one record in a ring of `capacity` bytes."""
+    return (capacity // 4) & ~7
+
+
+# --------------------------------------------------------------------------------------------------
+# Board
+
+BOARD_MAGIC: Final = int.from_bytes(b"SGBOARD1", "little")
+BOARD_VERSION: Final = 1
+BOARD_HEADER: Final = struct.Struct("<QQQQ")  # magic, version, slots, priorities
+BOARD_HEADER_BYTES: Final = 64
+BOARD_COUNTERS: Final = routing.BOARD_SLOTS * routing.PRIORITIES
+BOARD_BYTES: Final = BOARD_HEADER_BYTES + 4 * BOARD_COUNTERS
+
+
+def board_index(slot: int, priority: int) -> int:
+    """Return the index in `board_view(...)` of the counter of (`slot`, `priority`)."""
+    return slot * routing.PRIORITIES + priority
+
+
+class Board:
+    """A shard's board of u32 runnable-job counters in a shared buffer (see the module doc)."""
+
+    __slots__ = ("counters",)
+
+    counters: memoryview
+    """The ``BOARD_COUNTERS`` u32 counters, a ``memoryview`` cast to ``'I'``."""
+
+    @staticmethod
+    def initialize(buf: Buffer) -> None:
+        """Write the header and zero every counter (called once, by the creator)."""
+        mv = memoryview(buf).cast("B")
+        if len(mv) < BOARD_BYTES:
+            raise ShmError(f"board buffer too small: {len(mv)} < {BOARD_BYTES}")
+        mv[:BOARD_BYTES] = bytes(BOARD_BYTES)
+        BOARD_HEADER.pack_into(
+            mv, 0, BOARD_MAGIC, BOARD_VERSION, routing.BOARD_SLOTS, routing.PRIORITIES
+        )
+
+    def __init__(self, buf: Buffer) -> None:
+        """Attach to an initialized board; raise ShmError if the header does not match."""
+        mv = memoryview(buf).cast("B")
+        if len(mv) < BOARD_BYTES:
+            raise ShmError(f"board buffer too small: {len(mv)} < {BOARD_BYTES}")
+        header = BOARD_HEADER.unpack_from(mv, 0)
+        expected = (BOARD_MAGIC, BOARD_VERSION, routing.BOARD_SLOTS, routing.PRIORITIES)
+        if header != expected:
+            raise ShmError(f"not a board of this version: header {header}, expected {expected}")
+        self.counters = mv[BOARD_HEADER_BYTES:BOARD_BYTES].cast("I")
+
+    def release(self) -> None:
+        """Release the view of the counters (so that the mapping can be closed)."""
+        self.counters.release()
+
+
+def board_view(buf: Buffer) -> memoryview:
+    """Return the u32 counters (``memoryview`` cast ``'I'``) of the initialized board in `buf`."""
+    return Board(buf).counters
+
+
+# --------------------------------------------------------------------------------------------------
+# Control blocks
+
+CONTROL_BYTES: Final = 64
+CONTROL: Final = struct.Struct("<QQQQ")  # heartbeat, pid, state, running_jobs
+
+# Indexes in ``control_view(...)``.
+CTRL_HEARTBEAT: Final = 0
+CTRL_PID: Final = 1
+CTRL_STATE: Final = 2
+CTRL_RUNNING_JOBS: Final = 3
+
+# Values of the state field.
+CHILD_EMPTY: Final = 0  # no child in this slot (or the supervisor has just zeroed it)
+CHILD_STARTING: Final = 1  # attached, setting up
+CHILD_READY: Final = 2  # serving
+CHILD_STOPPING: Final = 3  # draining after a stop request
+CHILD_STOPPED: Final = 4  # exited cleanly
+
+
+def control_bytes(children: int) -> int:
+    """Return the buffer size that holds the control blocks of `children` child slots."""
+    return CONTROL_BYTES * children
+
+
+def control_view(buf: Buffer, index: int) -> memoryview:
+    """Return the control block of child slot `index` in `buf` as a ``memoryview`` cast ``'Q'``."""
+    mv = memoryview(buf).cast("B")
+    start = index * CONTROL_BYTES
+    if index < 0 or start + CONTROL_BYTES > len(mv):
+        raise IndexError(f"control block {index} is outside a buffer of {len(mv)} bytes")
+    return mv[start : start + CONTROL_BYTES].cast("Q")
