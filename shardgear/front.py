@@ -93,13 +93,16 @@ EPOLL_ERRS = select.EPOLLERR | select.EPOLLHUP
 class Pending:
     """A reply owed to a connection: filled by a shard's reply (matched by `seq`) or a gather."""
 
-    __slots__ = ("data", "ptype", "seq", "shard")
+    __slots__ = ("data", "epoch", "ptype", "seq", "shard")
 
-    def __init__(self, seq: int, shard: int, ptype: int, data: bytes | None = None) -> None:
+    def __init__(
+        self, seq: int, shard: int, ptype: int, data: bytes | None = None, epoch: int = 0
+    ) -> None:
         self.seq = seq
         self.shard = shard  # -1: filled locally
         self.ptype = ptype
         self.data = data
+        self.epoch = epoch  # the shard's start count when the request was sent
 
 
 class Conn:
@@ -131,7 +134,7 @@ class Conn:
         self.fd = sock.fileno()
         self.ip = peer_ip(sock)
         self.parser = parser
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []
         self.out_bytes = 0
         self.pending: collections.deque[Pending] = collections.deque()
         self.seq = 0
@@ -198,7 +201,7 @@ class Front:
         self.by_id: dict[int, Conn] = {}
         self.next_conn = (index << messages.FRONT_SHIFT) | ((os.getpid() & 0xFFFFFF) << 32)
         self.gathers: dict[int, Gather] = {}
-        self.shards_seen: set[int] = set()
+        self.shard_epochs = [0] * self.shards  # HELLOs seen from each shard
         self.next_gather = 1
         self.dirty_shards: set[int] = set()
         self.writers: set[Conn] = set()
@@ -415,30 +418,35 @@ class Front:
 
     def write(self, conn: Conn) -> None:
         """Send what the connection has waiting; watch for EPOLLOUT if the socket is full."""
-        if not conn.out:
+        out = conn.out
+        if not out:
             self.writers.discard(conn)
             return
-        data = conn.out[0] if len(conn.out) == 1 else b"".join(conn.out)
         try:
-            sent = conn.sock.send(data)
+            # scatter-gather: a slow reader's backlog is never joined or copied as a whole
+            sent = conn.sock.send(out[0]) if len(out) == 1 else conn.sock.sendmsg(out[:512])
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
             self.close(conn)
             return
-        if sent == len(data):
-            conn.out = []
-            conn.out_bytes = 0
-            self.writers.discard(conn)
+        conn.out_bytes -= sent
+        done = 0
+        for chunk in out:
+            n = len(chunk)
+            if sent < n:
+                if sent:
+                    out[done] = memoryview(chunk)[sent:]
+                break
+            sent -= n
+            done += 1
+        del out[:done]
+        self.writers.discard(conn)
+        if not out:
             if conn.want_write:
                 conn.want_write = False
                 self.epoll.modify(conn.fd, EPOLLIN)
-            return
-        rest = data[sent:]
-        conn.out = [rest]
-        conn.out_bytes = len(rest)
-        self.writers.discard(conn)
-        if not conn.want_write:
+        elif not conn.want_write:
             conn.want_write = True
             self.epoll.modify(conn.fd, EPOLLIN | EPOLLOUT)
 
@@ -463,7 +471,7 @@ class Front:
     def expect(self, conn: Conn, shard: int, ptype: int) -> int:
         """Reserve the connection's next reply slot for `shard`; return the request's seq."""
         conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
-        conn.pending.append(Pending(seq, shard, ptype))
+        conn.pending.append(Pending(seq, shard, ptype, None, self.shard_epochs[shard]))
         return seq
 
     def release(self, conn: Conn) -> None:
@@ -499,10 +507,10 @@ class Front:
         by_id = self.by_id
         for s, receiver in enumerate(self.receivers):
             msgs = receiver.receive()
+            if receiver.producer_wants_wake():  # also after a fragment alone
+                os.eventfd_write(self.shard_bells[s], 1)
             if not msgs:
                 continue
-            if receiver.producer_wants_wake():
-                os.eventfd_write(self.shard_bells[s], 1)
             for m in msgs:
                 op, _arg, extra, conn_id = HEADER.unpack_from(m)
                 conn = by_id.get(conn_id)
@@ -529,7 +537,9 @@ class Front:
                 elif op == messages.OP_RELAY_REPLY:
                     self.gather_part(extra, m[16:])
                 elif op == messages.OP_HELLO:
-                    self.shard_restarted(s)
+                    self.shard_started(s)
+                elif op == messages.OP_PONG:
+                    self.fail_lost_requests(s, extra)
 
     def fill(self, conn: Conn, shard: int, seq: int, data: bytes) -> None:
         for entry in conn.pending:
@@ -547,25 +557,18 @@ class Front:
             # gearmand sends "HANDLE\0" here (a stray NUL); the handle alone is the correct form.
             self.reply(conn, response(P.WORK_FAIL, body.split(b"\0", 1)[0]))
 
-    def shard_restarted(self, shard: int) -> None:
-        """A shard came back with no state: answer what it owed, and re-register workers."""
-        if shard not in self.shards_seen:
-            self.shards_seen.add(shard)  # its first start, not a restart
-            if not self.conns:
-                return
-        log.warning("shard %d restarted", shard)
-        for conn in list(self.conns.values()):
-            for entry in conn.pending:
-                if entry.shard == shard and entry.data is None:
-                    if entry.ptype in GRAB_TYPES:
-                        entry.data = NO_JOB_PACKET
-                    else:
-                        entry.data = error_packet(
-                            b"QUEUE_ERROR", b"Shard restarted; the request was lost"
-                        )
-            self.release(conn)
-            if conn.fd not in self.conns:
-                continue
+    def shard_started(self, shard: int) -> None:
+        """A shard (re)started with no state: re-register our workers, then find lost requests.
+
+        Requests still in the ring reach the new shard and are answered; requests the dead one
+        took but never answered are lost. To tell them apart, send a PING behind everything sent
+        so far: once its PONG is back, whatever from before the HELLO is unanswered is lost.
+        """
+        self.shard_epochs[shard] += 1
+        epoch = self.shard_epochs[shard]
+        if epoch > 1:
+            log.warning("shard %d restarted", shard)
+        for conn in self.conns.values():
             for func, (s, _base, timeout) in conn.abilities.items():
                 if s == shard:
                     if timeout is None:
@@ -574,6 +577,24 @@ class Front:
                         self.forward(conn, shard, P.CAN_DO_TIMEOUT, timeout)
             if conn.sleeping and any(v[0] == shard for v in conn.abilities.values()):
                 self.forward(conn, shard, P.PRE_SLEEP, b"")
+        self.send_shard(shard, messages.pack(messages.OP_PING, 0, extra=epoch))
+
+    def fail_lost_requests(self, shard: int, epoch: int) -> None:
+        """Answer requests sent to shard `shard` before its start number `epoch` and never
+        answered: NO_JOB for a GRAB, an ERROR for anything else."""
+        for conn in list(self.conns.values()):
+            lost = False
+            for entry in conn.pending:
+                if entry.shard == shard and entry.data is None and entry.epoch < epoch:
+                    lost = True
+                    if entry.ptype in GRAB_TYPES:
+                        entry.data = NO_JOB_PACKET
+                    else:
+                        entry.data = error_packet(
+                            b"QUEUE_ERROR", b"Shard restarted; the request was lost"
+                        )
+            if lost:
+                self.release(conn)
 
     # ------------------------------------------------------ binary requests
 
@@ -839,16 +860,10 @@ class Front:
         elif c is C.VERBOSE:
             self.reply(conn, admin.format_ok(LEVEL_NAMES.get(self.config.log_level, b"ERROR")))
         elif c is C.MAXQUEUE:
+            # answered once the shard has applied it, so that the admin's next move sees it
             func, limits = admin.maxqueue_limits(args)
-            self.send_shard(
-                routing.shard_for(func, self.shards),
-                messages.pack(
-                    messages.OP_ADMIN,
-                    conn.id,
-                    orjson.dumps({"cmd": "maxqueue", "func": _text(func), "limits": limits}),
-                ),
-            )
-            self.reply(conn, admin.OK_REPLY)
+            request = {"cmd": "maxqueue", "func": _text(func), "limits": limits}
+            self.gather_shards(conn, request, _ok, [routing.shard_for(func, self.shards)])
         elif c is C.CANCEL_JOB:
             handle = args[0]
             shard = routing.shard_for_handle(handle, self.shards)
@@ -863,15 +878,8 @@ class Front:
             )
         elif c is C.CREATE_FUNCTION:
             func = args[0]
-            self.send_shard(
-                routing.shard_for(func, self.shards),
-                messages.pack(
-                    messages.OP_ADMIN,
-                    conn.id,
-                    orjson.dumps({"cmd": "create_function", "func": _text(func)}),
-                ),
-            )
-            self.reply(conn, admin.OK_REPLY)
+            request = {"cmd": "create_function", "func": _text(func)}
+            self.gather_shards(conn, request, _ok, [routing.shard_for(func, self.shards)])
         elif c is C.DROP_FUNCTION:
             self.gather_shards(conn, {"cmd": "drop_function", "func": _text(args[0])}, _finish_drop)
         elif c is C.SHUTDOWN:
@@ -880,6 +888,10 @@ class Front:
             os.kill(os.getppid(), signal.SIGUSR1 if graceful else signal.SIGTERM)
         else:  # pragma: no cover - parse_admin answers unknown commands itself
             self.reply(conn, admin.unknown_command(tokens[0] if tokens else b""))
+
+
+def _ok(parts: list[Any]) -> bytes:
+    return admin.OK_REPLY
 
 
 def _finish_drop(parts: list[Any]) -> bytes:

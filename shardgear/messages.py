@@ -34,6 +34,8 @@ OP_CLOSE: Final = 9  # shard -> front: close conn (protocol error found by the s
 OP_RELAY: Final = 10  # front -> shard 0 -> every front: admin request that needs every front
 OP_RELAY_REPLY: Final = 11  # front -> shard 0 -> asking front: reply to an OP_RELAY
 OP_REPLY: Final = 12  # shard -> front: the reply to the request whose seq is in `extra`
+OP_PING: Final = 13  # front -> shard: extra = marker; answered by OP_PONG after all before it
+OP_PONG: Final = 14  # shard -> front: extra = the marker of the OP_PING
 
 FRONT_SHIFT: Final = 56
 

@@ -135,10 +135,10 @@ class Shard:
             now = time.time()
             for f, receiver in enumerate(self.receivers):
                 msgs = receiver.receive()
+                if receiver.producer_wants_wake():  # also after a fragment alone
+                    os.eventfd_write(self.front_bells[f], 1)
                 if msgs:
                     self.handle(f, msgs, now)
-                    if receiver.producer_wants_wake():
-                        os.eventfd_write(self.front_bells[f], 1)
             deadline = sched.next_deadline()
             if deadline is not None and deadline <= now:
                 sched.tick(now)
@@ -179,6 +179,9 @@ class Shard:
                 sched.drop_front(arg, now)
             elif op == messages.OP_ADMIN:
                 self.admin(conn, extra, m[16:])
+            elif op == messages.OP_PING:
+                self.route()  # the PONG must follow every reply to what came before the PING
+                self.send(front, messages.pack(messages.OP_PONG, conn, extra=extra))
             elif op == messages.OP_RELAY:
                 for f in range(self.fronts):
                     self.send(f, messages.pack(messages.OP_RELAY, conn, m[16:], extra=extra))
@@ -239,8 +242,6 @@ class Shard:
         """Answer an admin request from a front (orjson in, orjson out)."""
         request = orjson.loads(body)
         result = self.admin_result(request)
-        if result is _NO_REPLY:
-            return
         self.send(
             messages.front_of(conn),
             messages.pack(messages.OP_ADMIN_REPLY, conn, orjson.dumps(result), extra=gid),
@@ -266,15 +267,12 @@ class Shard:
         if cmd == "maxqueue":
             high, normal, low = request["limits"]
             sched.maxqueue(_raw(request["func"]), (int(high), int(normal), int(low)))
-            return _NO_REPLY
+            return True
         if cmd == "create_function":
             sched.create_function(_raw(request["func"]))
-            return _NO_REPLY
+            return True
         log.error("unknown admin request %r", cmd)
         return None
-
-
-_NO_REPLY = object()
 
 
 def _text(raw: bytes) -> str:
