@@ -3,7 +3,9 @@
 ``python -m shardgear.child ROLE INDEX SUPERVISOR_PID DOORBELLS CONFIG_JSON``
 
 DOORBELLS is a comma-separated list of inherited eventfd numbers: the fronts' first, then the
-shards'. Exit status EXIT_BOOT_ERROR tells the supervisor that restarting would not help.
+shards'. Exit status EXIT_BOOT_ERROR tells the supervisor that restarting would not help. With the
+environment variable SHARDGEAR_PROFILE=DIR each child runs under cProfile and writes its stats to
+DIR when it stops (for profiling; see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -51,7 +53,23 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         logging.getLogger("shardgear").critical("cannot start %s %d: %s", role, index, exc)
         return EXIT_BOOT_ERROR
-    runner(control_view(control_seg.buf, slot))
+    profile_dir = os.environ.get("SHARDGEAR_PROFILE")
+    if profile_dir:  # a development aid: cProfile each child, stats written at exit
+        import cProfile
+
+        cProfile.runctx(
+            "runner(control_view(control_seg.buf, slot))",
+            globals(),
+            {
+                "runner": runner,
+                "control_view": control_view,
+                "control_seg": control_seg,
+                "slot": slot,
+            },
+            os.path.join(profile_dir, f"{role}{index}.{os.getpid()}.prof"),
+        )
+    else:
+        runner(control_view(control_seg.buf, slot))
     return 0
 
 

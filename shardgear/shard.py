@@ -97,7 +97,7 @@ class Shard:
         )
         self.running = True
         self.draining = False
-        self.dirty: set[int] = set()
+        self.outbox: list[list[bytes]] = [[] for _ in range(self.fronts)]  # this loop turn's
         self.fronts_seen: set[int] = set()
         self.reply_seqs: dict[int, int] = {}  # index in scheduler.out -> seq of the request
 
@@ -113,8 +113,7 @@ class Shard:
         epoll = select.epoll()
         epoll.register(self.my_bell, select.EPOLLIN)
         for f in range(self.fronts):
-            self.senders[f].send(messages.pack(messages.OP_HELLO, 0, arg=self.index))
-            self.dirty.add(f)
+            self.send(f, messages.pack(messages.OP_HELLO, 0, arg=self.index))
         self.flush()
         if control is not None:
             control[layout.CTRL_PID] = os.getpid()
@@ -208,8 +207,7 @@ class Shard:
         out, self.scheduler.out = self.scheduler.out, []
         seqs, self.reply_seqs = self.reply_seqs, {}
         pack = HEADER.pack
-        senders = self.senders
-        dirty = self.dirty
+        outbox = self.outbox
         fronts = self.fronts
         for i, (op, conn, body) in enumerate(out):
             front = conn >> messages.FRONT_SHIFT
@@ -217,26 +215,23 @@ class Shard:
                 continue
             seq = seqs.get(i) if seqs else None
             if seq is None:
-                senders[front].send(pack(op, 0, 0, conn) + body)
+                outbox[front].append(pack(op, 0, 0, conn) + body)
             else:
-                senders[front].send(pack(OP_REPLY, 0, seq, conn) + body)
-            dirty.add(front)
+                outbox[front].append(pack(OP_REPLY, 0, seq, conn) + body)
 
     def send(self, front: int, message: bytes) -> None:
-        self.senders[front].send(message)
-        self.dirty.add(front)
+        self.outbox[front].append(message)
 
     def flush(self) -> None:
-        if not self.dirty:
-            return
-        still = set()
-        for f in self.dirty:
-            sender = self.senders[f]
+        """Move this turn's messages into the rings (one publish per ring) and ring doorbells."""
+        outbox = self.outbox
+        for f, sender in enumerate(self.senders):
+            box = outbox[f]
+            if box:
+                outbox[f] = []
+                sender.send_many(box)
             if sender.flush():
                 os.eventfd_write(self.front_bells[f], 1)
-            if sender.queued:
-                still.add(f)
-        self.dirty = still
 
     def admin(self, conn: int, gid: int, body: bytes) -> None:
         """Answer an admin request from a front (orjson in, orjson out)."""
