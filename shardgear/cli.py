@@ -7,7 +7,15 @@ import sys
 from typing import NoReturn
 
 from shardgear import __version__
-from shardgear.config import LOG_LEVELS, MIB, Config, cpu_count, default_fronts, default_shards
+from shardgear.config import (
+    LOG_LEVELS,
+    MIB,
+    Config,
+    cpu_count,
+    default_fronts,
+    default_shards,
+    default_state_dir,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,11 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-b", "--backlog", type=_positive, default=1024, help="listen() backlog")
     p.add_argument(
+        "--store",
+        choices=("sqlite", "none"),
+        default="sqlite",
+        help="where background jobs are kept so that they survive a restart: sqlite (a file in "
+        "--state-dir, the default) or none",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help=f"directory of the job store (default: {default_state_dir()})",
+    )
+    p.add_argument(
+        "--store-sync",
+        choices=("normal", "full"),
+        default="normal",
+        help="normal: a stored job survives a crash of any shardgear process; full: also a "
+        "power loss, at a cost per batch (default: normal)",
+    )
+    p.add_argument(
         "--graceful-timeout",
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="how long 'shutdown graceful' waits for running jobs (default: 30)",
+        help="how long a stop (SIGTERM, shutdown graceful) waits for running jobs (default: 30)",
     )
     p.add_argument(
         "--log-level",
@@ -170,7 +198,11 @@ def parse_config(argv: list[str] | None = None) -> Config:
         backlog=a.backlog,
         graceful_timeout=a.graceful_timeout,
         log_level=a.log_level,
+        store=a.store,
+        store_sync=a.store_sync,
     )
+    if a.state_dir is not None:
+        kwargs["state_dir"] = a.state_dir
     if a.job_handle_prefix is not None:
         if not 0 < len(a.job_handle_prefix.encode()) <= 36:
             parser.error("argument --job-handle-prefix: 1 to 36 bytes")

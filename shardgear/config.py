@@ -29,6 +29,17 @@ def default_shards(cpus: int) -> int:
     return max(1, cpus // 2)
 
 
+def default_state_dir() -> str:
+    """Where a user's server keeps its store: $XDG_STATE_HOME/shardgear (~/.local/state/...).
+
+    The systemd unit passes ``--state-dir /var/lib/shardgear``.
+    """
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "shardgear")
+
+
 def default_handle_prefix() -> str:
     """gearmand's default job-handle prefix, ``H:<node name>``."""
     return "H:" + socket.gethostname().split(".")[0]
@@ -52,6 +63,16 @@ class Config:
     backlog: int = 1024
     graceful_timeout: float = 30.0
     log_level: str = "warning"
+    store: str = "sqlite"  # "sqlite" or "none"
+    state_dir: str = dataclasses.field(default_factory=default_state_dir)
+    store_sync: str = (
+        "normal"  # sqlite synchronous: "normal" (process crash) or "full" (power loss)
+    )
+
+    @property
+    def store_path(self) -> str:
+        """The store's file: one per port, so servers on different ports never share jobs."""
+        return os.path.join(self.state_dir, f"jobs.{self.port}.sqlite3")
 
     @property
     def output_limit(self) -> int:

@@ -20,21 +20,23 @@ import logging
 import os
 import select
 import signal
+import struct
 import time
 from typing import Any
 
 import orjson
 
-from shardgear import messages
+from shardgear import messages, routing
 from shardgear.config import Config
 from shardgear.instance import Instance
 from shardgear.messages import HEADER
-from shardgear.proto.packets import PacketType
+from shardgear.proto.packets import NO_JOB_PACKET, PacketType, error_packet
 from shardgear.scheduler import Scheduler
 from shardgear.shm import layout
 from shardgear.shm.channel import Receiver, Sender
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
+from shardgear.store import SqliteStore, StoreError
 
 log = logging.getLogger("shardgear.shard")
 
@@ -56,6 +58,8 @@ REPLY_TYPES = frozenset(
         P.GET_STATUS,
     }
 )
+GRAB_TYPES = frozenset({P.GRAB_JOB, P.GRAB_JOB_UNIQ, P.GRAB_JOB_ALL})
+_JOB_CREATED = struct.pack("!I", P.JOB_CREATED)
 OP_SEND = messages.OP_SEND
 OP_REPLY = messages.OP_REPLY
 
@@ -86,6 +90,11 @@ class Shard:
         self.board = layout.board_view(board_seg.buf)
         for i in range(len(self.board)):
             self.board[i] = 0  # a restarted shard starts from an empty queue
+        self.store: SqliteStore | None = None
+        if config.store == "sqlite":
+            self.store = SqliteStore(
+                config.store_path, synchronous=config.store_sync, log=log.error
+            )
         self.scheduler = Scheduler(
             shard_index=index,
             shard_count=config.shards,
@@ -93,6 +102,7 @@ class Shard:
             job_retries=config.job_retries,
             worker_wakeup=config.worker_wakeup,
             board=self.board,
+            store=self.store,
             log=log.warning,
         )
         self.running = True
@@ -106,9 +116,53 @@ class Shard:
         self.segments.append(seg)
         return seg
 
+    def replay(self) -> int:
+        """Re-create the stored background jobs this shard owns; return how many."""
+        store = self.store
+        if store is None:
+            return 0
+        shards, index = self.config.shards, self.index
+        try:
+            rows = store.load(lambda func: routing.shard_for(func, shards) == index)
+        except StoreError as exc:
+            log.error("stored jobs not replayed: %s", exc)
+            return 0
+        now = time.time()
+        add = self.scheduler.add_recovered
+        for row in rows:
+            handle = add(row.func, row.unique, row.data, row.priority, row.when, row.reducer, now)
+            store.adopt(handle, row.id)  # a duplicate that coalesced is deleted here
+        store.commit()
+        if rows:
+            log.warning("replayed %d stored background jobs", len(rows))
+        return len(rows)
+
+    def commit(self) -> None:
+        """Make this turn's background jobs durable before any JOB_CREATED for them goes out.
+
+        If the store fails, the jobs it could not keep are cancelled and their submitters get
+        ERROR QUEUE_ERROR instead of JOB_CREATED.
+        """
+        assert self.store is not None
+        lost = self.store.commit()
+        if not lost:
+            return
+        sched = self.scheduler
+        lost_set = set(lost)
+        for handle in lost:
+            sched.cancel_job(handle)
+        error = error_packet(b"QUEUE_ERROR", b"Persistent store failed: could not save the job")
+        out = sched.out
+        for i, (op, conn, body) in enumerate(out):
+            if op == OP_SEND and body[4:8] == _JOB_CREATED and body[12:] in lost_set:
+                out[i] = (op, conn, error)
+        log.error("%d background jobs refused: the store could not keep them", len(lost))
+
     def run(self, control: memoryview | None = None) -> None:
-        """Announce ourselves to every front and serve until stopped."""
+        """Replay the store, announce ourselves to every front and serve until stopped."""
+        self.replay()
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGUSR1, self._on_sigusr1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         epoll = select.epoll()
         epoll.register(self.my_bell, select.EPOLLIN)
@@ -119,6 +173,7 @@ class Shard:
             control[layout.CTRL_PID] = os.getpid()
             control[layout.CTRL_STATE] = layout.CHILD_READY
         sched = self.scheduler
+        store = self.store
         bell = self.my_bell
         tick = 0
         while self.running:
@@ -141,6 +196,8 @@ class Shard:
             deadline = sched.next_deadline()
             if deadline is not None and deadline <= now:
                 sched.tick(now)
+            if store is not None:
+                self.commit()
             if sched.out:
                 self.route()
             self.flush()
@@ -148,18 +205,26 @@ class Shard:
             if control is not None:
                 control[layout.CTRL_HEARTBEAT] = tick
                 control[layout.CTRL_RUNNING_JOBS] = sched.running_count()
+        if store is not None:
+            store.close()
         for seg in self.segments:
             seg.close()
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.running = False
 
+    def _on_sigusr1(self, signum: int, frame: object) -> None:
+        self.draining = True  # a graceful stop: running jobs finish, no new ones are handed out
+
     def handle(self, front: int, msgs: list[bytes], now: float) -> None:
         sched = self.scheduler
         for m in msgs:
             op, arg, extra, conn = HEADER.unpack_from(m)
             if op == messages.OP_PACKET:
-                if arg in REPLY_TYPES:
+                if self.draining and arg in GRAB_TYPES:
+                    self.reply_seqs[len(sched.out)] = extra
+                    sched.out.append((OP_SEND, conn, NO_JOB_PACKET))
+                elif arg in REPLY_TYPES:
                     out = sched.out
                     start = len(out)
                     sched.handle_packet(conn, arg, m[16:], now)

@@ -61,6 +61,10 @@ _DELETE: Final = "DELETE FROM jobs WHERE id = ?"
 _Row = tuple[bytes, bytes, int, bytes, int, bytes, float]
 
 
+class _Busy(Exception):
+    """Opening met a lock held by another shard's connection: try again."""
+
+
 class StoreError(Exception):
     """The store cannot do what was asked (raised by `load` and `count` only)."""
 
@@ -143,7 +147,21 @@ class SqliteStore:
             self._log(msg)
 
     def _open(self) -> bool:
-        """Try to open the database; on failure enter (or stay in) the failed state."""
+        """Try to open the database; on failure enter (or stay in) the failed state.
+
+        Shards open the same new file at the same moment, and switching it to WAL can report
+        "database is locked" without waiting: that is retried for a few seconds.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return self._open_once()
+            except _Busy:
+                if time.monotonic() >= deadline:
+                    return self._open_once(final=True)
+                time.sleep(0.02)
+
+    def _open_once(self, final: bool = False) -> bool:
         conn: sqlite3.Connection | None = None
         try:
             parent = os.path.dirname(self.path)
@@ -183,6 +201,8 @@ class SqliteStore:
         except (OSError, sqlite3.Error) as exc:
             if conn is not None:
                 conn.close()
+            if not final and isinstance(exc, sqlite3.Error) and _is_busy(exc):
+                raise _Busy from exc
             self._retry_at = time.monotonic() + self.retry_interval
             text = f"cannot open job store {self.path}: {_describe(exc)}"
             if not self.failed or text != self.error:

@@ -5,14 +5,18 @@ Theory of operation
 1. Sweep: remove shared-memory segments that a dead supervisor on the same port left behind.
 2. Create every segment (rings, boards, control block) with O_CREX and one eventfd doorbell per
    child. Only the supervisor creates or unlinks; children attach by name and inherit doorbells.
-3. Spawn S shards and F fronts (``python -m shardgear.child``). A child sets its control-block
-   state to READY once it serves; when all have, the supervisor logs "ready" and tells systemd.
+3. Spawn S shards (``python -m shardgear.child``); each replays its stored jobs, then sets its
+   control-block state to READY. Only then spawn the F fronts, so that no connection is served
+   before the store is replayed. When every child is READY, log "ready" and tell systemd.
 4. Loop: signal handlers only queue the signal (``signal.set_wakeup_fd``); the loop dispatches
    ``handle_<sig>``, reaps children with ``waitpid(WNOHANG)`` and restarts the dead ones. A child
    that exits with EXIT_BOOT_ERROR, or dies five times within a minute, halts the server.
-5. Stop: SIGTERM/SIGINT stop every child (SIGTERM, then SIGKILL after 5 s) and unlink everything.
-   SIGUSR1 (or admin ``shutdown graceful``) stops accepting, waits until no job is running (or
-   ``--graceful-timeout``), then stops. A second SIGTERM/SIGINT stops at once.
+5. Stop: SIGTERM, SIGINT or SIGUSR1 (admin ``shutdown graceful``) start a graceful stop: fronts
+   stop accepting, shards stop handing out jobs (GRAB gets NO_JOB), and the supervisor waits until
+   no job is running or ``--graceful-timeout`` passes. A second SIGTERM/SIGINT, or SIGQUIT (admin
+   ``shutdown``), stops at once. Either way every child gets SIGTERM (SIGKILL after 5 s), shards
+   commit their stores, and every shared object is unlinked. Queued background jobs stay in the
+   store for the next start.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class Supervisor:
         self.stopping = False
         self.graceful_deadline: float | None = None
         self.ready = False
+        self.fronts_spawned = False
         self.control_seg: Segment | None = None
 
     # ----------------------------------------------------------------- setup
@@ -231,7 +236,14 @@ class Supervisor:
         rfd, wfd = socket.socketpair()
         rfd.setblocking(False)
         wfd.setblocking(False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGQUIT,
+            signal.SIGUSR1,
+            signal.SIGHUP,
+            signal.SIGCHLD,
+        ):
             signal.signal(sig, self._queue_signal)
         signal.set_wakeup_fd(wfd.fileno(), warn_on_full_buffer=False)
         status = 0
@@ -241,10 +253,6 @@ class Supervisor:
                 self.children = [
                     Child("shard", s, self.instance.shard_slot(s))
                     for s in range(self.config.shards)
-                ]
-                self.children += [
-                    Child("front", f, self.instance.front_slot(f))
-                    for f in range(self.config.fronts)
                 ]
                 for child in self.children:
                     self.spawn(child)
@@ -276,22 +284,57 @@ class Supervisor:
                 pass
             while self.signals:
                 sig = self.signals.popleft()
-                if sig in (signal.SIGTERM, signal.SIGINT):
-                    log.info("stopping on %s", signal.Signals(sig).name)
+                if sig == signal.SIGQUIT or (
+                    sig in (signal.SIGTERM, signal.SIGINT) and self.graceful_deadline is not None
+                ):
+                    log.warning("stopping now (%s)", signal.Signals(sig).name)
                     return
-                if sig == signal.SIGUSR1 and self.graceful_deadline is None:
-                    log.warning("graceful shutdown: no new connections, waiting for running jobs")
-                    self.graceful_deadline = time.monotonic() + self.config.graceful_timeout
-                    self.signal_children(signal.SIGUSR1, "front")
+                if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+                    self.start_graceful_stop(signal.Signals(sig).name)
             self.reap()
-            if not self.ready:
+            if not self.fronts_spawned and self.shards_ready():
+                self.spawn_fronts()
+            if not self.ready and self.fronts_spawned:
                 self.check_ready()
-            if self.graceful_deadline is not None and (
-                self.running_jobs() == 0 or time.monotonic() >= self.graceful_deadline
-            ):
-                # one more short pause so the last results reach their clients
-                time.sleep(0.2)
-                return
+            if self.graceful_deadline is not None:
+                if not self.fronts_spawned:
+                    return
+                running = self.running_jobs()
+                if running == 0 or time.monotonic() >= self.graceful_deadline:
+                    if running:
+                        log.warning("stopping with %d jobs still running", running)
+                    time.sleep(0.2)  # let the last results reach their clients
+                    return
+
+    def start_graceful_stop(self, why: str) -> None:
+        if self.graceful_deadline is not None:
+            return
+        log.warning(
+            "stopping (%s): no new connections or jobs; waiting up to %g s for running jobs",
+            why,
+            self.config.graceful_timeout,
+        )
+        self.graceful_deadline = time.monotonic() + self.config.graceful_timeout
+        sd_notify("STOPPING=1")
+        self.signal_children(signal.SIGUSR1)
+
+    def shards_ready(self) -> bool:
+        assert self.control_seg is not None
+        for child in self.children:
+            if child.role == "shard":
+                block = layout.control_view(self.control_seg.buf, child.slot)
+                state = block[layout.CTRL_STATE]
+                block.release()
+                if state != layout.CHILD_READY:
+                    return False
+        return True
+
+    def spawn_fronts(self) -> None:
+        self.fronts_spawned = True
+        fronts = [Child("front", f, self.instance.front_slot(f)) for f in range(self.config.fronts)]
+        self.children += fronts
+        for child in fronts:
+            self.spawn(child)
 
 
 def run(config: Config) -> int:

@@ -23,6 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -56,14 +57,25 @@ def gearmand_args(extra: tuple[str, ...]) -> list[str]:
 class Server:
     """A server process started by the test suite."""
 
-    def __init__(self, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        extra_args: tuple[str, ...] = (),
+        *,
+        port: int = 0,
+        state_dir: str | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.host = "127.0.0.1"
         self.extra_args = extra_args
         self.target = TARGET
-        self.port = 0
+        self.port = self.fixed_port = port  # a fixed port: a restart of an earlier server
+        self.preexec_fn = preexec_fn
+        self.own_state_dir = state_dir is None
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_path = ""
         self.stopped = False
+        # every shardgear server stores its background jobs in a directory of its own
+        self.state_dir = state_dir or tempfile.mkdtemp(prefix="shardgear-state.")
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -108,13 +120,17 @@ class Server:
             "2",
             "--log-level",
             "info",
+            "--state-dir",
+            self.state_dir,
+            "--graceful-timeout",
+            "5",
             *self.extra_args,
         ]
 
     def start(self) -> Server:
         last_error = ""
         for _attempt in range(3):  # a free port can be taken by someone else before we bind it
-            self.port = free_port()
+            self.port = self.fixed_port or free_port()
             fd, self.stderr_path = tempfile.mkstemp(prefix=f"{TARGET}.{self.port}.", suffix=".log")
             self.proc = subprocess.Popen(
                 self.command(),
@@ -123,6 +139,7 @@ class Server:
                 stderr=fd,
                 cwd=REPO,
                 start_new_session=True,
+                preexec_fn=self.preexec_fn,
             )
             os.close(fd)
             try:
@@ -132,7 +149,7 @@ class Server:
             except RuntimeError as e:
                 last_error = str(e)
                 self.stop(check=False)
-                if "Address already in use" not in last_error:
+                if self.fixed_port or "Address already in use" not in last_error:
                     break
         raise RuntimeError(last_error)
 
@@ -186,9 +203,13 @@ class Server:
             _LIVE.remove(self)
         problems = []
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)  # a graceful stop: waits for running jobs
             try:
-                self.proc.wait(STOP_TIMEOUT)
+                try:
+                    self.proc.wait(2.0)
+                except subprocess.TimeoutExpired:
+                    self.proc.send_signal(signal.SIGTERM)  # the second one stops at once
+                    self.proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 problems.append(f"did not exit within {STOP_TIMEOUT} s of SIGTERM; killed")
                 self._kill_group()
@@ -204,6 +225,8 @@ class Server:
                 pass
         if leftovers:
             problems.append(f"left shared memory behind: {leftovers}")
+        if self.own_state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
         if not problems:
             try:
                 os.unlink(self.stderr_path)
@@ -300,8 +323,8 @@ def start_server() -> Iterator[Callable[..., Server]]:
     """Factory: `start_server("--job-retries", "2")` starts a dedicated server for this test."""
     started: list[Server] = []
 
-    def start(*extra_args: str) -> Server:
-        srv = Server(tuple(str(a) for a in extra_args)).start()
+    def start(*extra_args: str, **options: Any) -> Server:
+        srv = Server(tuple(str(a) for a in extra_args), **options).start()
         started.append(srv)
         return srv
 
