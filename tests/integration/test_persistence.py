@@ -31,7 +31,7 @@ pytestmark = pytest.mark.shardgear_only
 
 
 def drain_jobs(conn, func: bytes, limit: int, timeout: float = 10.0) -> list[list[bytes]]:
-    """GRAB_JOB_ALL until NO_JOB; complete each job; return [handle, func, unique, (reducer,) data]."""
+    """GRAB_JOB_ALL until NO_JOB, completing each job; return the assignments' arguments."""
     worker(conn, func)
     jobs = []
     deadline = time.monotonic() + timeout
@@ -123,9 +123,9 @@ def test_kill_9_of_everything_loses_no_acknowledged_job(start_server, connect, m
 
 
 def test_unwritable_state_dir_refuses_background_jobs_but_serves(start_server, connect, make_name):
-    blocker = tempfile.NamedTemporaryFile(prefix="shardgear-not-a-dir.", delete=False)
-    blocker.close()
-    srv = start_server("--state-dir", os.path.join(blocker.name, "sub"))  # a file, not a dir
+    fd, blocker = tempfile.mkstemp(prefix="shardgear-not-a-dir.")
+    os.close(fd)
+    srv = start_server("--state-dir", os.path.join(blocker, "sub"))  # under a file: unusable
     func = make_name()
     client = connect(srv.address)
     client.send(18, func, b"", b"bg")  # SUBMIT_JOB_BG
@@ -136,7 +136,7 @@ def test_unwritable_state_dir_refuses_background_jobs_but_serves(start_server, c
     w = worker(connect(srv.address), func)
     ptype, args = grab(w, GRAB_JOB_ALL)
     assert args[0] == h
-    os.unlink(blocker.name)
+    os.unlink(blocker)
 
 
 def _small_files() -> None:
