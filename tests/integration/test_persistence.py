@@ -134,7 +134,7 @@ def test_unwritable_state_dir_refuses_background_jobs_but_serves(start_server, c
     # foreground jobs need no store
     h = submit(client, func, b"fg")
     w = worker(connect(srv.address), func)
-    ptype, args = grab(w, GRAB_JOB_ALL)
+    _ptype, args = grab(w, GRAB_JOB_ALL)
     assert args[0] == h
     os.unlink(blocker)
 
