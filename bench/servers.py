@@ -13,8 +13,10 @@ still alive (seen before the SIGTERM) gets SIGKILL too.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -179,6 +181,11 @@ def start(
         return Server(spec, spec.host, spec.port, given_pids=spec.pids)
     port = free_port()
     cmd = command(spec, port, gearmand, shardgear_cmd)
+    if spec.kind == "shardgear":
+        # the job store of a benchmarked server lives and dies with the run
+        state_dir = tempfile.mkdtemp(prefix="bench-state-")
+        atexit.register(shutil.rmtree, state_dir, True)
+        cmd += ["--state-dir", state_dir]
     log = tempfile.TemporaryFile(  # noqa: SIM115 (closed by Server.stop)
         prefix=f"bench-{spec.label}-"
     )
