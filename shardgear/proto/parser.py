@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Final, NamedTuple, NoReturn
+from typing import Any, Final, NamedTuple, NoReturn
 
 from shardgear.proto.errors import (
     BadCommand,
@@ -54,6 +54,13 @@ RESPONSE_MAGIC_TYPE: Final = -1
 gearmand answers such a packet with ERROR INVALID_MAGIC "Request magic expected" and keeps the
 connection open, so the parser consumes the packet whole and goes on framing what follows.
 (gearmand does parse the arguments first and closes if NULs are missing; shardgear does not.)"""
+
+ADMIN_LINE_TYPE: Final = 0
+"""``ptype`` of an admin line in the pairs of :meth:`Parser.feed_frames` (no packet has type 0)."""
+
+Frame = tuple[int, Any]
+"""What :meth:`Parser.feed_frames` yields: ``(ptype, body)`` for a packet, as :class:`Packet`;
+``(ADMIN_LINE_TYPE, tokens)`` for an admin line, as :class:`AdminLine`."""
 
 MAX_TOKENS: Final = 5
 """More tokens than this on one admin line closes the connection (gearmand TOO_MANY_ARGS)."""
@@ -193,7 +200,7 @@ class Parser:
                     return NEED_DATA
                 if joined is not True:
                     return joined
-            self._scan(out, True)
+            self._scan(out, True, False)
         except ProtocolError as exc:
             self._fail(exc, out)
             raise
@@ -216,7 +223,37 @@ class Parser:
                     return out
                 if joined is not True:
                     out.append(joined)
-            self._scan(out, False)
+            self._scan(out, False, False)
+        except ProtocolError as exc:
+            self._fail(exc, out)
+            raise
+        return out
+
+    def feed_frames(self, data: bytes) -> list[Frame]:
+        """``feed(data)`` then every complete event, as plain pairs (the front's fast path).
+
+        A packet is ``(ptype, body)`` (a plain tuple, or a :class:`Packet`, which is one too);
+        an admin line is ``(ADMIN_LINE_TYPE, tokens)``. Otherwise as :meth:`events`: on a
+        :class:`ProtocolError` the pairs framed before it are in its ``events`` attribute.
+        """
+        if self._error is not None:
+            self._raise_again()
+        if self._chunks or self._pos < len(self._data):
+            self.feed(data)
+        else:
+            if type(data) is not bytes:
+                data = bytes(data)
+            self._data = data
+            self._pos = 0
+        out: list[Any] = []
+        try:
+            if self._chunks:
+                joined = self._join()
+                if joined is False:
+                    return out
+                if joined is not True:
+                    out.append(joined)
+            self._scan(out, False, True)
         except ProtocolError as exc:
             self._fail(exc, out)
             raise
@@ -286,8 +323,9 @@ class Parser:
         self._data = b"".join(rest)
         return _tuple_new(Packet, (self._ptype, b"".join(parts)))
 
-    def _scan(self, out: list[Event], one: bool) -> None:
-        """Frame complete events from ``_data[_pos:]`` into ``out`` (only the first if ``one``)."""
+    def _scan(self, out: list[Any], one: bool, plain: bool) -> None:
+        """Frame complete events from ``_data[_pos:]`` into ``out`` (only the first if ``one``),
+        as plain ``Frame`` pairs if ``plain``."""
         data = self._data
         pos = self._pos
         end = len(data)
@@ -312,7 +350,10 @@ class Parser:
                     self._need = stop - pos
                     self._ptype = ptype
                     break
-                append(_tuple_new(Packet, (ptype, data[start:stop])))
+                if plain:
+                    append((ptype, data[start:stop]))
+                else:
+                    append(_tuple_new(Packet, (ptype, data[start:stop])))
                 pos = stop
             else:
                 nl = data.find(b"\n", pos)
@@ -323,7 +364,8 @@ class Parser:
                     break
                 if nl - pos > self._max_line:
                     raise LineTooLong(f"admin line longer than {self._max_line} bytes")
-                append(AdminLine(_tokenize(data[pos:nl])))
+                tokens = _tokenize(data[pos:nl])
+                append((ADMIN_LINE_TYPE, tokens) if plain else AdminLine(tokens))
                 pos = nl + 1
             if one:
                 break
