@@ -73,6 +73,13 @@ _OP_PACKET: Final = messages.OP_PACKET
 _OP_REPLY: Final = messages.OP_REPLY
 _OP_SEND: Final = messages.OP_SEND
 _pack_header = HEADER.pack
+# What dispatch() does inline, by packet type (index -1: response magic)
+_K_OTHER, _K_SUBMIT, _K_WORK = range(3)
+_KIND: Final = [_K_OTHER] * (MAX_PACKET_TYPE + 2)
+for _t in (7, 18, 21, 32, 33, 34, 37, 38):  # SUBMIT_JOB* but EPOCH (checked by on_submit)
+    _KIND[_t] = _K_SUBMIT
+for _t in (13, 25, 28, 29):  # WORK_COMPLETE, _EXCEPTION, _DATA, _WARNING (not FAIL, STATUS)
+    _KIND[_t] = _K_WORK
 
 P = PacketType
 SUBMIT_TYPES = frozenset(
@@ -127,6 +134,7 @@ class Conn:
         "client_id",
         "exceptions",
         "fd",
+        "grab_order",
         "id",
         "ip",
         "noop_sent",
@@ -155,6 +163,8 @@ class Conn:
         # function -> (shard, board base index, CAN_DO_TIMEOUT body or None)
         self.abilities: dict[bytes, tuple[int, int, bytes | None]] = {}
         self.rr: list[bytes] = []  # the worker's functions in round-robin order
+        # rr's functions, in the same order, as (function, board, board base index, shard)
+        self.grab_order: list[tuple[bytes, memoryview, int, int]] = []
         self.exceptions = exceptions
         self.client_id = b"-"
         self.sleeping = False
@@ -252,6 +262,13 @@ class Front:
         for rejected in REJECTED:
             self.packet_handlers[rejected] = self.on_rejected
         # by type: 0 is an admin line, 1..42 the packet types, 43 (also index -1) response magic
+        assert {t for t, k in enumerate(_KIND) if k == _K_SUBMIT} == SUBMIT_TYPES - {
+            P.SUBMIT_JOB_EPOCH
+        }
+        assert {t for t, k in enumerate(_KIND) if k == _K_WORK} == WORK_TYPES - {
+            P.WORK_FAIL,
+            P.WORK_STATUS,
+        }
         self.handler_table: list[Callable[[Conn, int, Any], None]] = [
             self.packet_handlers.get(t, self.on_unknown) for t in range(MAX_PACKET_TYPE + 2)
         ]
@@ -423,15 +440,16 @@ class Front:
         self.dispatch(conn, frames)
 
     def dispatch(self, conn: Conn, frames: list[Frame]) -> None:
-        """Handle the frames of one read. The data path (SUBMIT_JOB, GRAB_JOB, WORK_COMPLETE)
-        is inlined here: it is most of what a front does."""
+        """Handle the frames of one read. The data path (SUBMIT_JOB*, WORK_*) is inlined here,
+        as the handlers would do it: it is most of what a front does."""
         handlers = self.handler_table
         conns = self.conns
         fd = conn.fd
         nshards = self.shards
-        pack = HEADER.pack
+        pack = _pack_header
         for ptype, body in frames:
-            if ptype == _SUBMIT_JOB:  # as on_submit + forward_for_reply
+            kind = _KIND[ptype]
+            if kind == _K_SUBMIT:  # as on_submit
                 end = body.find(b"\0")
                 if end >= 0:
                     shard = 0 if nshards == 1 else crc32(body[:end]) % nshards
@@ -440,7 +458,7 @@ class Front:
                     conn.shards_used |= 1 << shard
                     self.outbox[shard].append(pack(_OP_PACKET, ptype, seq, conn.id) + body)
                     continue
-            elif ptype == _WORK_COMPLETE:  # as on_work
+            elif kind == _K_WORK:  # as on_work
                 end = body.find(b"\0")
                 _, sep, number = (body if end < 0 else body[:end]).rpartition(b":")
                 if sep and number.isdigit() and len(number) <= 19:
@@ -726,39 +744,36 @@ class Front:
     def on_grab(self, conn: Conn, ptype: int, body: bytes) -> None:
         conn.sleeping = False
         conn.noop_sent = False
-        rr = conn.rr
-        if not rr:
-            self.reply(conn, NO_JOB_PACKET)
-            return
-        abilities = conn.abilities
-        boards = self.boards
-        if len(rr) == 1:  # the common worker: one function, no choice to make
-            func = rr[0]
-            shard, base, _t = abilities[func]
-            board = boards[shard]
-            if board[base] or board[base + 1] or board[base + 2]:
-                self.forward_for_reply(conn, shard, ptype, func)
-            else:
-                self.reply(conn, NO_JOB_PACKET)
-            return
-        best_prio = 3
+        # The first of the worker's functions (in round-robin order) with the highest priority
+        # that has work on its shard's board.
+        order = conn.grab_order
         best = -1
-        for i, func in enumerate(rr):
-            shard, base, _t = abilities[func]
-            board = boards[shard]
-            for prio in range(best_prio):
-                if board[base + prio]:
-                    best_prio = prio
-                    best = i
-                    break
-            if best_prio == 0:
+        best_prio = 3
+        for i, (_func, board, base, _shard) in enumerate(order):
+            if board[base]:
+                best = i
                 break
+            if best_prio > 1:
+                if board[base + 1]:
+                    best = i
+                    best_prio = 1
+                elif best_prio > 2 and board[base + 2]:
+                    best = i
+                    best_prio = 2
         if best < 0:
             self.reply(conn, NO_JOB_PACKET)
             return
-        func = rr.pop(best)
-        rr.append(func)
-        self.forward_for_reply(conn, abilities[func][0], ptype, func)
+        if best == len(order) - 1:
+            func, _board, _base, shard = order[best]
+        else:
+            entry = order.pop(best)
+            order.append(entry)
+            conn.rr.append(conn.rr.pop(best))
+            func, _board, _base, shard = entry
+        conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
+        conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None])
+        conn.shards_used |= 1 << shard
+        self.outbox[shard].append(_pack_header(_OP_PACKET, ptype, seq, conn.id) + func)
 
     def on_work(self, conn: Conn, ptype: int, body: bytes) -> None:
         end = body.find(b"\0")
@@ -790,14 +805,18 @@ class Front:
         if old is not None and old[2] == timeout:
             return  # already registered: gearmand would count a second registration
         shard = routing.shard_for(func, self.shards)
+        base = routing.board_slot(func) * 3
         if old is None:
             conn.rr.append(func)
-        conn.abilities[func] = (shard, routing.board_slot(func) * 3, timeout)
+            conn.grab_order.append((func, self.boards[shard], base, shard))
+        conn.abilities[func] = (shard, base, timeout)
         self.forward(conn, shard, ptype, body)
 
     def on_cant_do(self, conn: Conn, ptype: int, body: bytes) -> None:
         if conn.abilities.pop(body, None) is not None:
-            conn.rr.remove(body)
+            i = conn.rr.index(body)
+            del conn.rr[i]
+            del conn.grab_order[i]
         self.forward(conn, routing.shard_for(body, self.shards), ptype, body)
 
     def on_reset_abilities(self, conn: Conn, ptype: int, body: bytes) -> None:
@@ -805,6 +824,7 @@ class Front:
             self.forward(conn, s, ptype, b"")
         conn.abilities.clear()
         conn.rr.clear()
+        conn.grab_order.clear()
 
     def on_pre_sleep(self, conn: Conn, ptype: int, body: bytes) -> None:
         conn.sleeping = True
