@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.gearclient import ERROR, JOB_CREATED, WORK_COMPLETE, grab_job, submit, wait_for, worker
+from tests.gearclient import (
+    ERROR,
+    JOB_CREATED,
+    WORK_COMPLETE,
+    grab_job,
+    grab_until_job,
+    submit,
+    wait_for,
+    worker,
+)
 
 pytestmark = pytest.mark.shardgear_only
 
@@ -74,7 +83,8 @@ def test_jobs_held_by_a_killed_fronts_worker_are_requeued(start_server, connect,
     respawned(srv, "front 0", before["front 0"])
     w2 = wait_for(lambda: try_connect(connect, srv.address), timeout=10, what="a new front")
     worker(w2, func)
-    assert grab_job(w2, timeout=10)[0] == h
+    # the shard requeues the job when it hears the new front's HELLO: poll until it has
+    assert grab_until_job(w2, timeout=10)[1][0] == h
 
 
 def try_connect(connect, address: str):
