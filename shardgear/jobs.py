@@ -1,4 +1,4 @@
-"""Record classes of the job core: jobs, functions, workers, and the persistence hook.
+"""Record classes of the job core: jobs, functions, workers, and the persistence and journal hooks.
 
 These are plain slotted records with no behaviour; `shardgear.scheduler.Scheduler` owns and mutates
 them. Everything here is read-only for anyone else (a `JobStore`, admin code, tests).
@@ -7,6 +7,7 @@ them. Everything here is read-only for anyone else (a `JobStore`, admin code, te
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
 # Job.state
@@ -35,6 +36,7 @@ class Job:
         "fn",
         "func",
         "handle",
+        "n",
         "num",
         "priority",
         "reducer",
@@ -59,6 +61,7 @@ class Job:
         background: bool,
     ) -> None:
         self.handle = handle
+        self.n = 0  # the handle's number (handle = prefix + b":%d" % n), set by the scheduler
         self.fn = fn
         self.func: bytes = fn.name  # the function name, for stores and introspection
         self.unique = unique
@@ -140,6 +143,7 @@ class Worker:
         "conn",
         "funcs",
         "jobs",
+        "recovered",
         "sleeping",
         "timer_at",
         "timer_entry_at",
@@ -160,6 +164,9 @@ class Worker:
         self.timer_seq = 0  # seq of this worker's live timer-heap entry; 0 = none
         self.timer_entry_at = 0.0  # the time of that entry (<= timer_at when both are set)
         self.alive = True
+        # Re-created from a dead shard's journal: holds jobs, but its front has not re-sent its
+        # registrations yet (Scheduler.recover, Scheduler.front_synced).
+        self.recovered = False
 
     def __repr__(self) -> str:
         return f"Worker({self.conn:#x})"
@@ -177,3 +184,26 @@ class JobStore(Protocol):
     def add(self, job: Job) -> bool: ...
 
     def remove(self, job: Job) -> None: ...
+
+
+class JobJournal(Protocol):
+    """Optional crash-recovery hook (`shardgear.journal.Journal`), called synchronously from the
+    scheduler after each change of a job's state; it never refuses anything."""
+
+    def new(self, job: Job, client: int) -> None: ...
+
+    def attach(self, job: Job, conn: int) -> None: ...
+
+    def detach(self, job: Job, conn: int) -> None: ...
+
+    def flags(self, job: Job) -> None: ...
+
+    def assign(self, job: Job, conn: int) -> None: ...
+
+    def requeue(self, job: Job) -> None: ...
+
+    def done(self, job: Job) -> None: ...
+
+    def bind(self, source: Callable[[], tuple[int, Iterable[Job]]]) -> None: ...
+
+    def snapshot(self, *, pending: bool = False) -> None: ...

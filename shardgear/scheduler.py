@@ -48,7 +48,8 @@ gearmand 2.0 semantics, and where shardgear deliberately differs (spec: gearman-
 * An epoch job joins the tail of its queue when it becomes due (gearmand leaves it at its submission
   position and skips it until then).
 * ``job_retries`` N > 0 means N attempts in total; 0 means unlimited (gearmand <= 2.0).
-* The board is zeroed when the scheduler is created (a restarted shard starts with no jobs).
+* The board is zeroed when the scheduler is created; `recover` refills it from a dead shard's
+  journal (see `recover` and ARCHITECTURE.md, "Shard crash").
 * A failed JobStore.add answers ERROR QUEUE_ERROR "Persistent store failed: could not save the job"
   (gearmand's text is the bare error name).
 * As in gearmand: a connection that joins the same job twice in the foreground is attached twice
@@ -78,12 +79,25 @@ from .jobs import (
     UK_UNIQUE,
     Function,
     Job,
+    JobJournal,
     JobStore,
     Worker,
 )
+from .journal import NewRecord, Record
 from .messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE, front_of
+from .shm.layout import (
+    JF_BACKGROUND,
+    JF_STORED,
+    JR_ASSIGN,
+    JR_ATTACH,
+    JR_COUNTER,
+    JR_DETACH,
+    JR_DONE,
+    JR_FLAGS,
+    JR_REQUEUE,
+)
 
-__all__ = ["Job", "JobStore", "Scheduler"]
+__all__ = ["Job", "JobJournal", "JobStore", "Scheduler"]
 
 # Gearman packet types (spec §1.2); the lead will point these at proto.packets.PacketType.
 CAN_DO: Final = 1
@@ -199,6 +213,26 @@ def _strtol(s: bytes) -> int | None:
     return v
 
 
+class _Rec:
+    """A job being rebuilt by `Scheduler.recover`."""
+
+    __slots__ = ("clients", "flags", "new", "order", "retries", "worker")
+
+    def __init__(
+        self, new: NewRecord, clients: list[int], worker: int, retries: int, order: int, flags: int
+    ) -> None:
+        self.new = new
+        self.clients = clients
+        self.worker = worker
+        self.retries = retries
+        self.order = order
+        self.flags = flags
+
+
+def _order(e: _Rec) -> int:
+    return e.order
+
+
 def _atou32(s: bytes) -> int:
     """C ``atoi`` stored into a uint32 (glibc: strtol clamped, then truncated)."""
     v = _strtol(s)
@@ -240,6 +274,8 @@ class Scheduler:
             for i in range(len(self._board)):
                 self._board[i] = 0
         self._store = store
+        self._journal: JobJournal | None = None
+        self._recovered: dict[int, Worker] = {}  # recovered workers not re-registered yet
         self._log = log
         self._functions: dict[bytes, Function] = {}
         self._jobs: dict[bytes, Job] = {}
@@ -298,6 +334,9 @@ class Scheduler:
         from the jobs it submitted."""
         w = self._workers.pop(conn, None)
         if w is not None:
+            if w.recovered:
+                w.recovered = False
+                del self._recovered[conn]
             w.alive = False
             w.timer_at = None
             w.timer_job = None
@@ -309,8 +348,11 @@ class Scheduler:
                 self._requeue(job)
         jobs = self._clients.pop(conn, None)
         if jobs is not None:
+            jr = self._journal
             for job in jobs:
                 job.clients = [c for c in job.clients if c != conn]
+                if jr is not None:
+                    jr.detach(job, conn)
                 if not job.clients and not job.background and job.state != RUNNING:
                     self._abandon(job)
 
@@ -417,6 +459,8 @@ class Scheduler:
         job.cancelled = True
         if job.stored:
             self._unstore(job)
+        if job.state == RUNNING and self._journal is not None:
+            self._journal.done(job)  # it runs on unheard; a successor need not know it
         if job.state != RUNNING:
             if job.state == QUEUED:
                 self._unqueue(job)
@@ -476,12 +520,149 @@ class Scheduler:
         if old is not None:
             old.background = True
             old.stored = True
+            if self._journal is not None:
+                self._journal.flags(old)
             return old.handle
         prio = priority if priority in (HIGH, NORMAL, LOW) else NORMAL
+        n = self._next_n
         job = Job(self._new_handle(), f, unique, data, prio, when, reducer, True)
+        job.n = n
         job.stored = True
         self._insert(job, when, now)
+        if self._journal is not None:
+            self._journal.new(job, 0)
         return job.handle
+
+    # ------------------------------------------------------------------ crash recovery
+
+    def start_journal(self, journal: JobJournal) -> None:
+        """Journal every change from now on, starting with a snapshot of the current state."""
+        self._journal = journal
+        journal.bind(self._journal_snapshot)
+        journal.snapshot()
+
+    def _journal_snapshot(self) -> tuple[int, list[Job]]:
+        """(next handle number, live jobs): queued ones in queue order first."""
+        jobs: list[Job] = []
+        for f in self._functions.values():
+            for q in f.queues:
+                jobs.extend(j for j in q if j.state == QUEUED)
+        jobs.extend(j for j in self._jobs.values() if j.state != QUEUED and not j.cancelled)
+        return self._next_n, jobs
+
+    def recover(self, records: Iterable[Record], now: float) -> list[Job]:
+        """Re-create the jobs of a dead predecessor from its journal records (in log order);
+        return them. Call on a fresh scheduler, before any packet.
+
+        Queued jobs keep their queue order (the order of the records that last queued them) and
+        handles; foreground clients are re-attached; a running job is held again by its worker
+        connection, which is registered for nothing until its front re-sends CAN_DO (see
+        `front_synced`); epoch jobs wait for their time again; the handle counter continues
+        after every handle ever journaled. A queued foreground job with no client left is not
+        re-created. Never raises for any records: ones that make no sense are ignored."""
+        S = self.shard_count
+        nxt = self._next_n
+        live: dict[int, _Rec] = {}
+        seq = 0
+        for r in records:
+            if isinstance(r, NewRecord):
+                n = r.n
+                if n <= 0 or (n - 1) % S != self.shard_index or len(r.unique) > MAX_UNIQUE:
+                    continue
+                seq += 1
+                live[n] = _Rec(r, [r.client] if r.client else [], 0, r.retries, seq, r.flags)
+                if n + S > nxt:
+                    nxt = n + S
+                continue
+            kind, n, arg = r
+            if kind == JR_COUNTER:
+                if n > nxt:
+                    k = -(-(n - self._next_n) // S)  # round up to one of our numbers
+                    nxt = self._next_n + k * S
+                continue
+            e = live.get(n)
+            if e is None:
+                continue
+            if kind == JR_ATTACH:
+                e.clients.append(arg)
+            elif kind == JR_DETACH:
+                e.clients = [c for c in e.clients if c != arg]
+            elif kind == JR_ASSIGN:
+                e.worker = arg
+            elif kind == JR_REQUEUE:
+                e.worker = 0
+                e.retries = arg
+                seq += 1
+                e.order = seq
+            elif kind == JR_DONE:
+                del live[n]
+            elif kind == JR_FLAGS:
+                e.flags |= arg
+        out: list[Job] = []
+        for e in sorted(live.values(), key=_order):
+            r = e.new
+            bg = bool(e.flags & JF_BACKGROUND)
+            if not e.worker and not bg and not e.clients:
+                continue
+            handle = self._prefix + b"%d" % r.n
+            if handle in self._jobs:
+                continue
+            f = self._function(r.func)
+            job = Job(handle, f, r.unique, r.data, r.priority, r.when, r.reducer, bg)
+            job.n = r.n
+            job.retries = e.retries
+            job.stored = bool(e.flags & JF_STORED)
+            self._jobs[handle] = job
+            if r.unique and self._lookup(f, r.unique, r.data) is None:
+                if r.unique == b"-":
+                    if r.data:
+                        f.payloads[r.data] = job
+                        job.ukind = UK_PAYLOAD
+                else:
+                    f.uniques[r.unique] = job
+                    job.ukind = UK_UNIQUE
+            for c in e.clients:
+                job.clients.append(c)
+                self._attach(c, job)
+            if e.worker:
+                w = self._workers.get(e.worker)
+                if w is None:
+                    w = self._workers[e.worker] = Worker(e.worker)
+                    w.recovered = True
+                    self._recovered[e.worker] = w
+                job.state = RUNNING
+                job.worker = w
+                w.jobs[job] = None
+                f.running += 1
+                self._running += 1
+            elif r.when > now:
+                job.state = FUTURE
+                f.future[job.priority] += 1
+                self._seq += 1
+                heapq.heappush(self._epochs, (float(r.when), self._seq, job))
+            else:
+                self._enqueue(job)
+            out.append(job)
+        self._next_n = max(self._next_n, nxt)
+        return out
+
+    def front_synced(self, front: int, now: float) -> None:
+        """Front `front` has re-sent the registrations of its workers since our start (its PING
+        reached us). A recovered job held by one of its connections that did not register the
+        job's function again (the connection closed while no shard was running, or it sent
+        CANT_DO) goes back to its queue, as it would have on the shard that died."""
+        if not self._recovered:
+            return
+        for conn, w in list(self._recovered.items()):
+            if front_of(conn) != front:
+                continue
+            del self._recovered[conn]
+            w.recovered = False
+            if not w.alive:
+                continue
+            for job in [j for j in w.jobs if j.fn not in w.funcs]:
+                self._requeue(job)
+            self._maybe_forget_worker(w)
 
     # ------------------------------------------------------------------ submissions
 
@@ -538,9 +719,13 @@ class Scheduler:
                             return
                         job.stored = True
                     job.background = True
+                    if self._journal is not None:
+                        self._journal.flags(job)
             else:
                 job.clients.append(conn)
                 self._attach(conn, job)
+                if self._journal is not None:
+                    self._journal.attach(job, conn)
             handle = job.handle
             out.append((OP_SEND, conn, _RES + _pack(JOB_CREATED, len(handle)) + handle))
             return
@@ -551,6 +736,7 @@ class Scheduler:
         n = self._next_n
         handle = self._prefix + b"%d" % n
         job = Job(handle, f, unique, data, prio, when, reducer, bg)
+        job.n = n
         if bg:
             if self._store is not None:
                 if not self._store.add(job):
@@ -563,6 +749,8 @@ class Scheduler:
         self._next_n = n + self.shard_count
         out.append((OP_SEND, conn, _RES + _pack(JOB_CREATED, len(handle)) + handle))
         self._insert(job, when, now)
+        if self._journal is not None:
+            self._journal.new(job, 0 if bg else conn)
 
     def _attach(self, conn: int, job: Job) -> None:
         d = self._clients.get(conn)
@@ -717,6 +905,9 @@ class Scheduler:
 
     def _maybe_forget_worker(self, w: Worker) -> None:
         if not w.funcs and not w.jobs:
+            if w.recovered:
+                w.recovered = False
+                del self._recovered[w.conn]
             w.alive = False
             w.timer_at = None
             w.timer_job = None
@@ -781,6 +972,8 @@ class Scheduler:
         w.jobs[job] = None
         chosen.running += 1
         self._running += 1
+        if self._journal is not None:
+            self._journal.assign(job, conn)
         if timeout > 0:
             at = now + (timeout if timeout > 1000 else 1000) / 1000.0
             w.timer_at = at
@@ -935,6 +1128,8 @@ class Scheduler:
         job.num = 0
         job.den = 0
         self._enqueue(job)
+        if self._journal is not None:
+            self._journal.requeue(job)
 
     def _finish(self, job: Job) -> None:
         """A held job completed, failed or raised."""
@@ -947,6 +1142,8 @@ class Scheduler:
         if w.timer_job is job:
             w.timer_at = None
             w.timer_job = None
+        if not w.funcs and not w.jobs:  # a recovered worker that has not registered again
+            self._maybe_forget_worker(w)
         if job.stored:
             self._unstore(job)
         self._forget(job)
@@ -1008,6 +1205,8 @@ class Scheduler:
             self._unindex(job)
         if job.clients:
             self._detach_all(job)
+        if self._journal is not None:
+            self._journal.done(job)
 
     # ------------------------------------------------------------------ introspection for tests
 
@@ -1058,7 +1257,7 @@ class Scheduler:
             if j.state == RUNNING:
                 assert j.worker is not None and j.worker.alive
                 assert self._workers.get(j.worker.conn) is j.worker and j in j.worker.jobs
-                assert j.fn in j.worker.funcs
+                assert j.fn in j.worker.funcs or j.worker.recovered
             else:
                 assert j.worker is None
             if j.ukind == UK_UNIQUE:
@@ -1075,6 +1274,7 @@ class Scheduler:
                 assert c in j.clients and self._jobs.get(j.handle) is j
         for conn, w in self._workers.items():
             assert w.conn == conn and w.alive and (w.funcs or w.jobs)
+            assert w.recovered == (conn in self._recovered)
             for j in w.jobs:
                 assert j.worker is w and j.state == RUNNING
             for f in w.funcs:
