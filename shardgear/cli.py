@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="size of each front<->shard shared-memory ring (default: 1M)",
     )
+    p.add_argument(
+        "--journal-size",
+        type=_size,
+        default=64 * MIB,
+        metavar="BYTES",
+        help="each shard's shared-memory journal, from which a restarted shard recovers its "
+        "jobs (default: 64M; a job whose records exceed half of it is not journaled)",
+    )
     p.add_argument("-b", "--backlog", type=_positive, default=1024, help="listen() backlog")
     p.add_argument(
         "--store",
@@ -184,6 +192,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
         parser.error("argument --job-retries: at most 255")
     if a.ring_size < 64 * 1024:
         parser.error("argument --ring-size: at least 64K")
+    if a.journal_size < 64 * 1024:
+        parser.error("argument --journal-size: at least 64K")
     kwargs = dict(
         listen=a.listen,
         port=a.port,
@@ -195,6 +205,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         max_packet_size=a.max_packet_size,
         max_output_buffer=a.max_output_buffer or 0,
         ring_size=a.ring_size,
+        journal_size=a.journal_size,
         backlog=a.backlog,
         graceful_timeout=a.graceful_timeout,
         log_level=a.log_level,

@@ -60,6 +60,7 @@ class Config:
     max_packet_size: int = 256 * MIB
     max_output_buffer: int = 0  # per connection; 0 = max_packet_size + 16 MiB
     ring_size: int = 1 * MIB
+    journal_size: int = 64 * MIB  # each shard's journal segment (two halves)
     backlog: int = 1024
     graceful_timeout: float = 30.0
     log_level: str = "warning"

@@ -12,6 +12,14 @@ A request that expects exactly one reply (SUBMIT_JOB*, GRAB_JOB*, GET_STATUS) ca
 number; the first packet the scheduler sends back to that connection while handling it is that
 reply, and goes out as OP_REPLY with the same sequence number so the front can keep replies in
 request order.
+
+Crash recovery (ARCHITECTURE.md, "Shard crash"): every change of a job's state goes into the
+shard's journal (`shardgear.journal`), a shared-memory segment that outlives the process. At
+start a shard whose journal has been written before recovers its predecessor's jobs from it
+(`recover`); only a cold start (a fresh journal) replays the store. Each turn publishes the
+journal twice: before the turn's messages go into the rings (so no JOB_CREATED precedes its job's
+record) and, for job assignments and ends, after (so the journal never claims a JOB_ASSIGN or a
+WORK_COMPLETE was sent that is not on its way).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import select
 import signal
 import struct
 import time
+from collections import deque
 from typing import Any
 
 import orjson
@@ -29,6 +38,8 @@ import orjson
 from shardgear import messages, routing
 from shardgear.config import Config
 from shardgear.instance import Instance
+from shardgear.jobs import Job
+from shardgear.journal import Journal, JournalError
 from shardgear.messages import HEADER
 from shardgear.proto.packets import NO_JOB_PACKET, PacketType, error_packet
 from shardgear.scheduler import Scheduler
@@ -90,13 +101,29 @@ class Shard:
         self.board = layout.board_view(board_seg.buf)
         for i in range(len(self.board)):
             self.board[i] = 0  # a restarted shard starts from an empty queue
+        journal_seg = self._attach(instance.journal(index))
+        try:
+            self.journal = Journal(journal_seg.buf, log=log.error)
+        except JournalError as exc:
+            log.error("journal unreadable (%s): starting it afresh; jobs not stored are lost", exc)
+            Journal.initialize(journal_seg.buf)
+            self.journal = Journal(journal_seg.buf, log=log.error)
         self.store: SqliteStore | None = None
         if config.store == "sqlite":
             self.store = SqliteStore(
                 config.store_path, synchronous=config.store_sync, log=log.error
             )
-        self.scheduler = Scheduler(
-            shard_index=index,
+        self.scheduler = self._new_scheduler()
+        self.running = True
+        self.draining = False
+        self.outbox: list[list[bytes]] = [[] for _ in range(self.fronts)]  # this loop turn's
+        self.fronts_seen: set[int] = set()
+        self.reply_seqs: dict[int, int] = {}  # index in scheduler.out -> seq of the request
+
+    def _new_scheduler(self) -> Scheduler:
+        config = self.config
+        return Scheduler(
+            shard_index=self.index,
             shard_count=config.shards,
             handle_prefix=config.job_handle_prefix.encode(),
             job_retries=config.job_retries,
@@ -105,16 +132,81 @@ class Shard:
             store=self.store,
             log=log.warning,
         )
-        self.running = True
-        self.draining = False
-        self.outbox: list[list[bytes]] = [[] for _ in range(self.fronts)]  # this loop turn's
-        self.fronts_seen: set[int] = set()
-        self.reply_seqs: dict[int, int] = {}  # index in scheduler.out -> seq of the request
 
     def _attach(self, name: str) -> Segment:
         seg = Segment.attach(name)
         self.segments.append(seg)
         return seg
+
+    def start(self) -> None:
+        """Take over the jobs of a dead predecessor from the journal, or (a cold start: the
+        journal is fresh) replay the store; then journal everything from a snapshot on."""
+        journal = self.journal
+        if not journal.fresh:
+            try:
+                self.recover()
+            except Exception:  # a bug must not become a crash loop: fall back to the store
+                log.exception("journal recovery failed; replaying the store instead")
+                self.scheduler = self._new_scheduler()
+                self.replay()
+        else:
+            self.replay()
+        self.scheduler.start_journal(journal)
+        if self.store is not None:
+            self.store.commit()
+
+    def recover(self) -> int:
+        """Re-create the jobs recorded in the journal of the shard that died; return how many."""
+        records = self.journal.read()
+        jobs = self.scheduler.recover(records, time.time())
+        running = sum(1 for job in jobs if job.worker is not None)
+        log.warning(
+            "recovered %d jobs (%d of them running) from the journal of the shard that died",
+            len(jobs),
+            running,
+        )
+        if self.store is not None:
+            self._adopt_rows(jobs)
+        return len(jobs)
+
+    def _adopt_rows(self, jobs: list[Job]) -> None:
+        """Map the recovered stored jobs to their store rows (`SqliteStore.adopt`) by content, in
+        submission order; re-create jobs from rows that no journaled job claims (a row committed
+        just before the journal was published), as a store replay would."""
+        store = self.store
+        assert store is not None
+        shards, index = self.config.shards, self.index
+        try:
+            rows = store.load(lambda func: routing.shard_for(func, shards) == index)
+        except StoreError as exc:
+            log.error("stored jobs not matched to the journal: %s", exc)
+            return
+        by_key: dict[tuple[bytes, bytes, int, bytes, int, bytes], deque[int]] = {}
+        for row in rows:
+            key = (row.func, row.unique, row.priority, row.data, row.when, row.reducer)
+            by_key.setdefault(key, deque()).append(row.id)
+        for job in sorted(jobs, key=_handle_number):
+            if not job.stored:
+                continue
+            ids = by_key.get((job.func, job.unique, job.priority, job.data, job.when, job.reducer))
+            if ids:
+                store.adopt(job.handle, ids.popleft())
+            else:
+                job.stored = False  # its row is gone (the job ended as the shard died)
+        now = time.time()
+        add = self.scheduler.add_recovered
+        extra = 0
+        for row in rows:
+            ids = by_key[(row.func, row.unique, row.priority, row.data, row.when, row.reducer)]
+            if ids and ids[0] == row.id:
+                ids.popleft()
+                handle = add(
+                    row.func, row.unique, row.data, row.priority, row.when, row.reducer, now
+                )
+                store.adopt(handle, row.id)
+                extra += 1
+        if extra:
+            log.warning("replayed %d stored background jobs missing from the journal", extra)
 
     def replay(self) -> int:
         """Re-create the stored background jobs this shard owns; return how many."""
@@ -159,8 +251,9 @@ class Shard:
         log.error("%d background jobs refused: the store could not keep them", len(lost))
 
     def run(self, control: memoryview | None = None) -> None:
-        """Replay the store, announce ourselves to every front and serve until stopped."""
-        self.replay()
+        """Recover (or replay the store), announce ourselves to every front and serve until
+        stopped."""
+        self.start()
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGUSR1, self._on_sigusr1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -174,6 +267,8 @@ class Shard:
             control[layout.CTRL_STATE] = layout.CHILD_READY
         sched = self.scheduler
         store = self.store
+        journal = self.journal
+        senders = self.senders
         bell = self.my_bell
         tick = 0
         while self.running:
@@ -200,13 +295,21 @@ class Shard:
                 self.commit()
             if sched.out:
                 self.route()
+            journal.commit()  # before any reply (JOB_CREATED) can reach a front
             self.flush()
+            for sender in senders:
+                if sender.queued:
+                    break  # some messages are not in a ring yet: keep ASSIGN/DONE back
+            else:
+                journal.commit_deferred()
             tick += 1
             if control is not None:
                 control[layout.CTRL_HEARTBEAT] = tick
                 control[layout.CTRL_RUNNING_JOBS] = sched.running_count()
         if store is not None:
             store.close()
+        journal.commit()
+        journal.close()
         for seg in self.segments:
             seg.close()
 
@@ -244,6 +347,7 @@ class Shard:
             elif op == messages.OP_ADMIN:
                 self.admin(conn, extra, m[16:])
             elif op == messages.OP_PING:
+                sched.front_synced(front, now)  # its workers' registrations have arrived
                 self.route()  # the PONG must follow every reply to what came before the PING
                 self.send(front, messages.pack(messages.OP_PONG, conn, extra=extra))
             elif op == messages.OP_RELAY:
@@ -341,3 +445,7 @@ def _text(raw: bytes) -> str:
 
 def _raw(text: str) -> bytes:
     return text.encode("latin-1")
+
+
+def _handle_number(job: Job) -> int:
+    return job.n

@@ -3,9 +3,11 @@
 Theory of operation
 -------------------
 1. Sweep: remove shared-memory segments that a dead supervisor on the same port left behind.
-2. Create every segment (rings, boards, control block) with O_CREX and one eventfd doorbell per
-   child. Only the supervisor creates or unlinks; children attach by name and inherit doorbells.
-3. Spawn S shards (``python -m shardgear.child``); each replays its stored jobs, then sets its
+2. Create every segment (rings, boards, shard journals, control block) with O_CREX and one
+   eventfd doorbell per child. Only the supervisor creates or unlinks; children attach by name
+   and inherit doorbells.
+3. Spawn S shards (``python -m shardgear.child``); each replays its stored jobs (a restarted shard
+   recovers its predecessor's journal instead: ARCHITECTURE.md, "Shard crash"), then sets its
    control-block state to READY. Only then spawn the F fronts, so that no connection is served
    before the store is replayed. When every child is READY, log "ready" and tell systemd.
 4. Loop: signal handlers only queue the signal (``signal.set_wakeup_fd``); the loop dispatches
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -38,6 +41,7 @@ from shardgear import __version__
 from shardgear.child import EXIT_BOOT_ERROR
 from shardgear.config import Config
 from shardgear.instance import Instance, prefix_for_port
+from shardgear.journal import Journal
 from shardgear.shm import layout
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment, pid_alive, sweep_stale
@@ -96,9 +100,11 @@ class Supervisor:
         n_children = self.config.fronts + self.config.shards
         self.control_seg = self._create(inst.control, layout.control_bytes(n_children))
         ring_bytes = layout.ring_bytes(self.config.ring_size)
+        journal_bytes = journal_size(self.config.journal_size)
         for s in range(self.config.shards):
             board = self._create(inst.board(s), layout.BOARD_BYTES)
             layout.Board.initialize(board.buf)
+            Journal.initialize(self._create(inst.journal(s), journal_bytes).buf)
             for f in range(self.config.fronts):
                 for name in (inst.to_shard(f, s), inst.to_front(s, f)):
                     Ring.initialize(self._create(name, ring_bytes).buf)
@@ -335,6 +341,16 @@ class Supervisor:
         self.children += fronts
         for child in fronts:
             self.spawn(child)
+
+
+def journal_size(wanted: int) -> int:
+    """`wanted`, or less if RLIMIT_FSIZE (which caps shared-memory segments too) is lower."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return wanted
+    size = max(layout.JOURNAL_MIN_BYTES, soft & ~0xFFF)
+    log.warning("journals of %d bytes instead of %d: RLIMIT_FSIZE is %d", size, wanted, soft)
+    return size
 
 
 def run(config: Config) -> int:
