@@ -1,8 +1,8 @@
 """The supervisor restarts a child that dies; the rest of the server carries on.
 
-What survives what (until shard state moves into shared memory): a killed front loses only its
-own connections; a killed shard loses its queued jobs, and requests it had taken are answered
-with an error instead of hanging, while workers stay registered.
+What survives what: a killed front loses only its own connections; a killed shard keeps its jobs
+(its successor recovers them from the journal, see test_shard_crash.py), requests it had taken
+are answered with an error instead of hanging, and workers stay registered.
 """
 
 from __future__ import annotations
