@@ -574,6 +574,10 @@ class Front:
                 outbox[s] = []
                 sender.send_many(box)
             if sender.flush():
+                # ~1 eventfd_write per loop turn (~0.3 per job at full load). It could be skipped
+                # while the shard is busy if the shard set the ring's consumer_sleeping flag
+                # before blocking in epoll (and re-checked its rings after setting it): that
+                # needs shard.py, see ipc-design.md (recommendation 3) for the ordering caveat.
                 os.eventfd_write(self.shard_bells[s], 1)
             pending += sender.pending
         paused = pending > PAUSE_HIGH_WATER
