@@ -120,10 +120,12 @@ EPOLL_ERRS = select.EPOLLERR | select.EPOLLHUP
 
 Pending = list[Any]
 """A reply owed to a connection, filled by a shard's reply (matched by seq) or a gather: a plain
-list (four times cheaper to make than an object) ``[seq, shard, ptype, epoch, data]``, indexed
+list (four times cheaper to make than an object) ``[seq, shard, ptype, epoch, data(, tried)]``,
+indexed
 with the E_* constants. shard -1: filled locally; epoch: the shard's start count when the request
 was sent; data: None until filled."""
-E_SEQ, E_SHARD, E_PTYPE, E_EPOCH, E_DATA = range(5)
+_NO_JOB_MESSAGE_SIZE = messages.HEADER_SIZE + len(NO_JOB_PACKET)
+E_SEQ, E_SHARD, E_PTYPE, E_EPOCH, E_DATA, E_TRIED = range(6)  # E_TRIED: GRABs only
 
 
 class Conn:
@@ -602,6 +604,12 @@ class Front:
                     conn = by_id.get(conn_id)
                     if conn is None:
                         continue
+                    if (
+                        len(m) == _NO_JOB_MESSAGE_SIZE
+                        and m[16:] == NO_JOB_PACKET
+                        and self.regrab(conn, s, extra)
+                    ):
+                        continue
                     pending = conn.pending
                     if pending:
                         head = pending[0]
@@ -748,15 +756,28 @@ class Front:
     def on_grab(self, conn: Conn, ptype: int, body: bytes) -> None:
         conn.sleeping = False
         conn.noop_sent = False
-        # The first of the worker's functions (in round-robin order) with the highest priority
-        # that has work on its shard's board.
-        order = conn.grab_order
+        best = self.pick_grab(conn, 0)
+        if best < 0:
+            self.reply(conn, NO_JOB_PACKET)
+            return
+        func, shard = self.rotate_grab(conn, best)
+        conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
+        conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None, 1 << shard])
+        conn.shards_used |= 1 << shard
+        self.outbox[shard].append(_pack_header(_OP_PACKET, ptype, seq, conn.id) + func)
+
+    @staticmethod
+    def pick_grab(conn: Conn, skip_shards: int) -> int:
+        """Index in `conn.grab_order` of the first of the worker's functions (in round-robin
+        order) with the highest priority that has work on its shard's board, or -1. Functions
+        on the shards in the bit mask `skip_shards` are not considered."""
         best = -1
         best_prio = 3
-        for i, (_func, board, base, _shard) in enumerate(order):
+        for i, (_func, board, base, shard) in enumerate(conn.grab_order):
+            if skip_shards and skip_shards >> shard & 1:
+                continue
             if board[base]:
-                best = i
-                break
+                return i
             if best_prio > 1:
                 if board[base + 1]:
                     best = i
@@ -764,9 +785,12 @@ class Front:
                 elif best_prio > 2 and board[base + 2]:
                     best = i
                     best_prio = 2
-        if best < 0:
-            self.reply(conn, NO_JOB_PACKET)
-            return
+        return best
+
+    @staticmethod
+    def rotate_grab(conn: Conn, best: int) -> tuple[bytes, int]:
+        """Move the chosen function to the end of the round-robin order; return it and its shard."""
+        order = conn.grab_order
         if best == len(order) - 1:
             func, _board, _base, shard = order[best]
         else:
@@ -774,10 +798,31 @@ class Front:
             order.append(entry)
             conn.rr.append(conn.rr.pop(best))
             func, _board, _base, shard = entry
+        return func, shard
+
+    def regrab(self, conn: Conn, shard: int, seq: int) -> bool:
+        """A shard answered NO_JOB to a GRAB that its board sent there. Its counter may have been
+        another function's (two names in one board slot) or may just be stale: try the worker's
+        functions on the shards not asked yet. Return True if the GRAB went to another shard."""
+        for entry in conn.pending:
+            if entry[E_SEQ] == seq and entry[E_SHARD] == shard:
+                break
+        else:
+            return False
+        if len(entry) <= E_TRIED:  # not a GRAB
+            return False
+        best = self.pick_grab(conn, entry[E_TRIED])
+        if best < 0:
+            return False
+        func, shard = self.rotate_grab(conn, best)
         conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
-        conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None])
+        entry[E_SEQ] = seq
+        entry[E_SHARD] = shard
+        entry[E_EPOCH] = self.shard_epochs[shard]
+        entry[E_TRIED] |= 1 << shard
         conn.shards_used |= 1 << shard
-        self.outbox[shard].append(_pack_header(_OP_PACKET, ptype, seq, conn.id) + func)
+        self.outbox[shard].append(_pack_header(_OP_PACKET, entry[E_PTYPE], seq, conn.id) + func)
+        return True
 
     def on_work(self, conn: Conn, ptype: int, body: bytes) -> None:
         end = body.find(b"\0")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import zlib
 from typing import Final
 
-BOARD_SLOTS: Final = 4096
+BOARD_SLOTS: Final = 65536  # 768 KiB of u32 counters per shard; see ARCHITECTURE.md
 PRIORITIES: Final = 3  # HIGH = 0, NORMAL = 1, LOW = 2
 
 
@@ -19,9 +19,12 @@ def shard_for(func: bytes, shards: int) -> int:
 
 
 def board_slot(func: bytes) -> int:
-    """Return the board slot whose counters include `func` (a different hash from `shard_for`,
-    so that the functions of one shard spread over all slots)."""
-    return zlib.adler32(func) % BOARD_SLOTS
+    """Return the board slot whose counters include `func`: the high 16 bits of its crc32, while
+    `shard_for` uses the low bits, so the functions of one shard spread over every slot.
+
+    (adler32 was used first: for short names its low bits are just the sum of the bytes, which
+    put many names in one slot.)"""
+    return (zlib.crc32(func) >> 16) % BOARD_SLOTS
 
 
 def handle_number(n: int, shard: int, shards: int) -> int:

@@ -140,10 +140,10 @@ def test_unwritable_state_dir_refuses_background_jobs_but_serves(start_server, c
 
 
 def _small_files() -> None:
-    # Every file the server writes may grow to 512 KiB; past that, writes fail with EFBIG
+    # Every file the server writes may grow to 1 MiB; past that, writes fail with EFBIG
     # (Python ignores SIGXFSZ), which is what a full disk looks like to sqlite. The limit also
-    # caps shared-memory segments, hence the small rings below.
-    resource.setrlimit(resource.RLIMIT_FSIZE, (512 * 1024, 512 * 1024))
+    # caps shared-memory segments (boards are 768 KiB), hence the small rings below.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, 1024 * 1024))
 
 
 def test_a_full_store_refuses_background_jobs_and_keeps_serving(start_server, connect, make_name):
