@@ -1069,7 +1069,8 @@ class Front:
         elif c is C.SHUTDOWN:
             graceful = bool(args) and args[0].lower() == b"graceful"
             self.reply(conn, admin.OK_REPLY)
-            os.kill(os.getppid(), signal.SIGUSR1 if graceful else signal.SIGTERM)
+            # the supervisor: SIGUSR1 waits for running jobs, SIGQUIT stops at once
+            os.kill(os.getppid(), signal.SIGUSR1 if graceful else signal.SIGQUIT)
         else:  # pragma: no cover - parse_admin answers unknown commands itself
             self.reply(conn, admin.unknown_command(tokens[0] if tokens else b""))
 
