@@ -72,6 +72,7 @@ from . import routing
 from .jobs import (
     FUTURE,
     GONE,
+    NO_CLIENTS,
     QUEUED,
     RUNNING,
     UK_NONE,
@@ -82,6 +83,7 @@ from .jobs import (
     JobJournal,
     JobStore,
     Worker,
+    add_client,
 )
 from .journal import NewRecord, Record
 from .messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE, front_of
@@ -622,7 +624,7 @@ class Scheduler:
                     f.uniques[r.unique] = job
                     job.ukind = UK_UNIQUE
             for c in e.clients:
-                job.clients.append(c)
+                add_client(job, c)
                 self._attach(c, job)
             if e.worker:
                 w = self._workers.get(e.worker)
@@ -722,7 +724,7 @@ class Scheduler:
                     if self._journal is not None:
                         self._journal.flags(job)
             else:
-                job.clients.append(conn)
+                add_client(job, conn)
                 self._attach(conn, job)
                 if self._journal is not None:
                     self._journal.attach(job, conn)
@@ -744,7 +746,7 @@ class Scheduler:
                     return
                 job.stored = True
         else:
-            job.clients.append(conn)
+            add_client(job, conn)
             self._attach(conn, job)
         self._next_n = n + self.shard_count
         out.append((OP_SEND, conn, _RES + _pack(JOB_CREATED, len(handle)) + handle))
@@ -1195,7 +1197,7 @@ class Scheduler:
                 d.pop(job, None)
                 if not d:
                     del cl[c]
-        job.clients = []
+        job.clients = NO_CLIENTS
 
     def _forget(self, job: Job) -> None:
         """Remove a job that is in no queue and held by no worker from every index."""
