@@ -126,7 +126,8 @@ Journal header (little-endian u64 fields, 64 bytes; half h starts at ``64 + h * 
 Journal record (at an 8-aligned offset in a half; the next record follows the padding)
 
     offset  size  field              meaning
-    0       4     crc                zlib.crc32 of bytes 4 .. 16 + length
+    0       4     crc                zlib.crc32 of bytes 4 .. 16 + length, less a NEW record's
+                                 payload (its structure is checked, its data is not)
     4       4     length             body bytes
     8       4     kind               one of the JR_* constants
     12      4     reserved           zero
