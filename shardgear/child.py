@@ -12,12 +12,28 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
-import orjson
+# A stop signal can come before the front or shard has installed its handlers (the supervisor
+# starts a graceful stop the moment it is asked to); SIGUSR1's default action would kill us, with
+# connections already queued on our SO_REUSEPORT listener. Until then, signals are recorded here
+# and handed to the process's object.
+_early_signals: list[int] = []
 
-from shardgear.config import Config
-from shardgear.instance import Instance
+
+def _record(signum: int, frame: object) -> None:
+    _early_signals.append(signum)
+
+
+for _sig in (signal.SIGTERM, signal.SIGUSR1):
+    signal.signal(_sig, _record)
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor; it stops us
+
+import orjson  # noqa: E402 (after the handlers: every moment counts)
+
+from shardgear.config import Config  # noqa: E402
+from shardgear.instance import Instance  # noqa: E402
 
 EXIT_BOOT_ERROR = 3
 
@@ -42,12 +58,14 @@ def main(argv: list[str]) -> int:
             from shardgear.front import Front
 
             front = Front(config, index, instance, doorbells)
+            front.install_signals(_early_signals)
             slot = instance.front_slot(index)
             runner = front.run
         else:
             from shardgear.shard import Shard
 
             shard = Shard(config, index, instance, doorbells)
+            shard.install_signals(_early_signals)
             slot = instance.shard_slot(index)
             runner = shard.run
     except OSError as exc:

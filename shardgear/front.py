@@ -291,9 +291,6 @@ class Front:
         assert self.listener is not None
         self.epoll.register(self.listener.fileno(), EPOLLIN)
         self.epoll.register(self.my_bell, EPOLLIN)
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGUSR1, self._on_sigusr1)
         for s in range(self.shards):
             self.send_shard(s, messages.pack(messages.OP_HELLO, 0, arg=self.index))
         self.flush_shards()
@@ -346,6 +343,13 @@ class Front:
                 self.stop_accepting()
         self.shutdown()
 
+    def install_signals(self, early: list[int]) -> None:
+        """Take over SIGTERM (stop) and SIGUSR1 (stop accepting), applying any that came early."""
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGUSR1, self._on_sigusr1)
+        for sig in early:
+            (self._on_sigterm if sig == signal.SIGTERM else self._on_sigusr1)(sig, None)
+
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.running = False
 
@@ -354,6 +358,7 @@ class Front:
 
     def stop_accepting(self) -> None:
         if self.listener is not None:
+            self.accept()  # connections already queued on the listener are served, not reset
             self.epoll.unregister(self.listener.fileno())
             self.listener.close()
             self.listener = None

@@ -254,9 +254,6 @@ class Shard:
         """Recover (or replay the store), announce ourselves to every front and serve until
         stopped."""
         self.start()
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-        signal.signal(signal.SIGUSR1, self._on_sigusr1)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         epoll = select.epoll()
         epoll.register(self.my_bell, select.EPOLLIN)
         for f in range(self.fronts):
@@ -312,6 +309,13 @@ class Shard:
         journal.close()
         for seg in self.segments:
             seg.close()
+
+    def install_signals(self, early: list[int]) -> None:
+        """Take over SIGTERM (stop) and SIGUSR1 (drain), applying any that came early."""
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGUSR1, self._on_sigusr1)
+        for sig in early:
+            (self._on_sigterm if sig == signal.SIGTERM else self._on_sigusr1)(sig, None)
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.running = False

@@ -67,6 +67,7 @@ class Child:
         self.slot = slot
         self.proc: subprocess.Popen[bytes] | None = None
         self.deaths: deque[float] = deque(maxlen=RESTART_LIMIT)
+        self.drain_sent = 0  # pid of the process that got SIGUSR1 for a graceful stop
 
     @property
     def name(self) -> str:
@@ -305,6 +306,7 @@ class Supervisor:
             if self.graceful_deadline is not None:
                 if not self.fronts_spawned:
                     return
+                self.tell_children_to_drain()
                 running = self.running_jobs()
                 if running == 0 or time.monotonic() >= self.graceful_deadline:
                     if running:
@@ -322,7 +324,24 @@ class Supervisor:
         )
         self.graceful_deadline = time.monotonic() + self.config.graceful_timeout
         sd_notify("STOPPING=1")
-        self.signal_children(signal.SIGUSR1)
+        self.tell_children_to_drain()
+
+    def tell_children_to_drain(self) -> None:
+        """SIGUSR1 every child that serves and has not had it (a child still starting gets it once
+        it is READY: before it has installed its handlers the signal could kill it)."""
+        assert self.control_seg is not None
+        for child in self.children:
+            if child.proc is None or child.drain_sent == child.proc.pid:
+                continue
+            block = layout.control_view(self.control_seg.buf, child.slot)
+            state = block[layout.CTRL_STATE]
+            block.release()
+            if state == layout.CHILD_READY:
+                child.drain_sent = child.proc.pid
+                try:
+                    child.proc.send_signal(signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
 
     def shards_ready(self) -> bool:
         assert self.control_seg is not None
