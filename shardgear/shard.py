@@ -293,6 +293,10 @@ class Shard:
             if sched.out:
                 self.route()
             journal.commit()  # before any reply (JOB_CREATED) can reach a front
+            if control is not None:
+                # before the flush: once a worker has its JOB_ASSIGN, a graceful stop must
+                # already see the job running (this process may be preempted right after)
+                control[layout.CTRL_RUNNING_JOBS] = sched.running_count()
             self.flush()
             for sender in senders:
                 if sender.queued:
@@ -302,7 +306,6 @@ class Shard:
             tick += 1
             if control is not None:
                 control[layout.CTRL_HEARTBEAT] = tick
-                control[layout.CTRL_RUNNING_JOBS] = sched.running_count()
         if store is not None:
             store.close()
         journal.commit()
