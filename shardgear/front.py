@@ -331,11 +331,16 @@ class Front:
             self.drain_shards()
             if self.gathers:
                 self.expire_gathers()
+            # Requests into the rings before replies onto sockets: a worker that has the reply
+            # to its GRAB knows its WORK_COMPLETE before it is in shared memory, which outlives
+            # this process.
+            self.flush_shards()
             if self.writers:
                 writers, self.writers = self.writers, set()
                 for conn in writers:
                     self.write(conn)
-            self.flush_shards()
+                if any(self.outbox):  # a write that failed closed a connection: tell shards now
+                    self.flush_shards()
             tick += 1
             if control is not None:
                 control[layout.CTRL_HEARTBEAT] = tick

@@ -39,7 +39,8 @@ LOST = (ConnectionClosed, ConnectionResetError, BrokenPipeError, ConnectionRefus
 
 class FrontLoad:
     """A background submitter and one-job-at-a-time workers that reconnect when their front
-    dies. A job is "in flight" from its JOB_ASSIGN until its WORK_COMPLETE has been sent."""
+    dies. A job is "in flight" from its JOB_ASSIGN until the server has certainly read its
+    WORK_COMPLETE (the reply to the worker's next GRAB has arrived)."""
 
     def __init__(self, address: str, func: bytes) -> None:
         self.address = address
@@ -59,7 +60,7 @@ class FrontLoad:
         while True:
             try:
                 return Conn(self.address, timeout=10)
-            except ConnectionRefusedError:
+            except LOST:  # refused while no front listens, or reset by one being killed
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
@@ -88,16 +89,23 @@ class FrontLoad:
 
     def worker(self) -> None:
         c: Conn | None = None
+        done: bytes | None = None  # completed, but not yet known to have reached the shard
         try:
             while not self.stop_working.is_set():
-                if c is None:
-                    c = self.connect()
-                    c.send(CAN_DO, self.func)
                 try:
+                    if c is None:
+                        c = self.connect()
+                        c.send(CAN_DO, self.func)
                     c.send(GRAB_JOB)
                     ptype, args = c.recv(timeout=15)
                     while ptype == NOOP:
                         ptype, args = c.recv(timeout=15)
+                    if done is not None:
+                        # The answer to the GRAB sent after WORK_COMPLETE: the shard has the
+                        # result (a front forwards one connection's packets in order).
+                        with self.lock:
+                            self.in_flight.discard(done)
+                        done = None
                     if ptype != JOB_ASSIGN:
                         assert ptype in (NO_JOB, ERROR), (ptype, args)
                         time.sleep(0.005)
@@ -107,11 +115,14 @@ class FrontLoad:
                         self.runs[payload] += 1
                         self.in_flight.add(payload)
                     c.send(WORK_COMPLETE, handle, b"done")
-                    with self.lock:
-                        self.in_flight.discard(payload)
+                    done = payload
                 except LOST:
+                    # A WORK_COMPLETE still in the dead front's socket is lost with it: that job
+                    # was running at the kill and runs again.
                     self.lost_connections += 1
-                    c.close()
+                    done = None
+                    if c is not None:
+                        c.close()
                     c = None
         except BaseException as exc:
             self.errors.append(f"worker: {exc!r}")
