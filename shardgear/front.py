@@ -67,6 +67,10 @@ _SUBMIT_JOB: Final = int(PacketType.SUBMIT_JOB)
 _SUBMIT_JOB_EPOCH: Final = int(PacketType.SUBMIT_JOB_EPOCH)
 _WORK_COMPLETE: Final = int(PacketType.WORK_COMPLETE)
 _WORK_FAIL: Final = int(PacketType.WORK_FAIL)
+_WORK_EXCEPTION: Final = int(PacketType.WORK_EXCEPTION)
+_INLINE_RESULTS: Final = frozenset({_WORK_COMPLETE, _WORK_EXCEPTION})
+RECENT_RESULTS: Final = 4096  # results kept per shard for a restarted shard (and at most:)
+RECENT_RESULT_BYTES: Final = 16 * 1024 * 1024
 _WORK_STATUS: Final = int(PacketType.WORK_STATUS)
 _CAN_DO_TIMEOUT: Final = int(PacketType.CAN_DO_TIMEOUT)
 _OP_PACKET: Final = messages.OP_PACKET
@@ -228,6 +232,13 @@ class Front:
         self.next_conn = (index << messages.FRONT_SHIFT) | ((os.getpid() & 0xFFFFFF) << 32)
         self.gathers: dict[int, Gather] = {}
         self.shard_epochs = [0] * self.shards  # HELLOs seen from each shard
+        # The last results (WORK_COMPLETE/FAIL/EXCEPTION) sent to each shard, re-sent to a
+        # restarted shard: the dead one may have read a result from the ring and died before
+        # it was in its journal (then the job would stay "running" and its client would wait).
+        self.recent_results: list[collections.deque[tuple[int, int, bytes]]] = [
+            collections.deque() for _ in range(self.shards)
+        ]
+        self.recent_bytes = [0] * self.shards
         self.next_gather = 1
         self.outbox: list[list[bytes]] = [[] for _ in range(self.shards)]  # this loop turn's
         self.writers: set[Conn] = set()
@@ -479,6 +490,8 @@ class Front:
                         shard = (n - 1) % nshards
                         conn.shards_used |= 1 << shard
                         self.outbox[shard].append(pack(_OP_PACKET, ptype, 0, conn.id) + body)
+                        if ptype in _INLINE_RESULTS:
+                            self.remember_result(shard, conn.id, ptype, body)
                         continue
             handlers[ptype](conn, ptype, body)
             if fd not in conns:
@@ -714,6 +727,18 @@ class Front:
                         self.forward(conn, shard, P.CAN_DO_TIMEOUT, timeout)
             if conn.sleeping and any(v[0] == shard for v in conn.abilities.values()):
                 self.forward(conn, shard, P.PRE_SLEEP, b"")
+        if epoch > 1:
+            recent = self.recent_results[shard]
+            for conn_id, ptype, body in recent:
+                if conn_id in self.by_id:  # a result of a gone connection was requeued anyway
+                    self.send_shard(
+                        shard,
+                        messages.pack(
+                            messages.OP_PACKET, conn_id, body, arg=ptype, extra=messages.REPLAYED
+                        ),
+                    )
+            recent.clear()
+            self.recent_bytes[shard] = 0
         self.send_shard(shard, messages.pack(messages.OP_PING, 0, extra=epoch))
 
     def fail_lost_requests(self, shard: int, epoch: int) -> None:
@@ -738,6 +763,15 @@ class Front:
     def forward(self, conn: Conn, shard: int, ptype: int, body: bytes, seq: int = 0) -> None:
         conn.shards_used |= 1 << shard
         self.outbox[shard].append(_pack_header(_OP_PACKET, ptype, seq, conn.id) + body)
+        if ptype == _WORK_FAIL:
+            self.remember_result(shard, conn.id, ptype, body)
+
+    def remember_result(self, shard: int, conn_id: int, ptype: int, body: bytes) -> None:
+        recent = self.recent_results[shard]
+        recent.append((conn_id, ptype, body))
+        self.recent_bytes[shard] += len(body)
+        while len(recent) > RECENT_RESULTS or self.recent_bytes[shard] > RECENT_RESULT_BYTES:
+            self.recent_bytes[shard] -= len(recent.popleft()[2])
 
     def forward_for_reply(self, conn: Conn, shard: int, ptype: int, body: bytes) -> None:
         """forward + expect, in one call."""

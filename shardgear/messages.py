@@ -37,6 +37,10 @@ OP_REPLY: Final = 12  # shard -> front: the reply to the request whose seq is in
 OP_PING: Final = 13  # front -> shard: extra = marker; answered by OP_PONG after all before it
 OP_PONG: Final = 14  # shard -> front: extra = the marker of the OP_PING
 
+# `extra` of an OP_PACKET carrying a work result re-sent to a restarted shard: the shard applies
+# it if the job is still running and otherwise drops it silently.
+REPLAYED: Final = 0xFFFFFFFF
+
 FRONT_SHIFT: Final = 56
 
 

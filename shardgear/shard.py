@@ -70,6 +70,7 @@ REPLY_TYPES = frozenset(
     }
 )
 GRAB_TYPES = frozenset({P.GRAB_JOB, P.GRAB_JOB_UNIQ, P.GRAB_JOB_ALL})
+RESULT_TYPES = frozenset({P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION})
 _JOB_CREATED = struct.pack("!I", P.JOB_CREATED)
 OP_SEND = messages.OP_SEND
 OP_REPLY = messages.OP_REPLY
@@ -334,6 +335,13 @@ class Shard:
                 if self.draining and arg in GRAB_TYPES:
                     self.reply_seqs[len(sched.out)] = extra
                     sched.out.append((OP_SEND, conn, NO_JOB_PACKET))
+                elif extra == messages.REPLAYED and arg in RESULT_TYPES:
+                    # a result re-sent after our predecessor died: apply it if the job is still
+                    # running here; an error ("not found": it was done) must not reach the worker
+                    out = sched.out
+                    start = len(out)
+                    sched.handle_packet(conn, arg, m[16:], now)
+                    out[start:] = [e for e in out[start:] if e[1] != conn]
                 elif arg in REPLY_TYPES:
                     out = sched.out
                     start = len(out)

@@ -269,3 +269,29 @@ def test_kill_9_under_load_loses_nothing_and_reruns_only_jobs_in_flight(start_se
     assert all(load.runs[p] >= 1 for p in load.acked), report
     unexplained = {p: n for p, n in twice.items() if n - 1 > at_kills[p]}
     assert not unexplained, f"ran again without being in flight at a kill: {unexplained}; {report}"
+
+
+def test_results_resent_to_a_restarted_shard_cause_no_stray_errors(
+    start_server, connect, make_name
+):
+    """A front re-sends its recent results to a restarted shard (the dead one may have read one
+    and died before journaling it); results of jobs already finished are dropped silently."""
+    srv = start_server("--fronts", "1", "--shards", "2")
+    func = make_name(shard=1)
+    client = connect(srv.address)
+    w = worker(connect(srv.address), func)
+    for i in range(3):
+        h = submit(client, func, b"job-%d" % i)
+        assert grab_job(w)[0] == h
+        w.send(WORK_COMPLETE, h, b"ok")
+        assert client.expect(WORK_COMPLETE) == [h, b"ok"]
+    old = kill_shard(srv, "shard 1")
+    respawned(srv, "shard 1", old)
+    client.send(7, func, b"", b"after")  # SUBMIT_JOB: answered once the new shard runs
+    ptype, args = client.recv(timeout=10)
+    assert ptype == JOB_CREATED, (ptype, args)
+    w.send(16, b"still there?")  # ECHO_REQ: the next thing the worker hears, no ERROR before it
+    ptype, args = w.recv(timeout=10)
+    while ptype == NOOP:
+        ptype, args = w.recv(timeout=10)
+    assert (ptype, args) == (17, [b"still there?"])
