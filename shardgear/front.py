@@ -216,15 +216,12 @@ class Front:
         self.segments: list[Segment] = []
         self.senders: list[Sender] = []
         self.receivers: list[Receiver] = []
-        self.in_rings: list[Ring] = []
         self.boards: list[memoryview] = []
         for s in range(self.shards):
             out_seg = self._attach(instance.to_shard(index, s))
             in_seg = self._attach(instance.to_front(s, index))
             self.senders.append(Sender(Ring(out_seg.buf)))
-            ring = Ring(in_seg.buf)
-            self.in_rings.append(ring)
-            self.receivers.append(Receiver(ring))
+            self.receivers.append(Receiver(Ring(in_seg.buf)))
             board_seg = self._attach(instance.board(s))
             self.boards.append(layout.board_view(board_seg.buf))
         self.conns: dict[int, Conn] = {}  # by fd

@@ -90,13 +90,10 @@ class Shard:
         self.segments: list[Segment] = []
         self.senders: list[Sender] = []
         self.receivers: list[Receiver] = []
-        self.in_rings: list[Ring] = []
         for f in range(self.fronts):
             in_seg = self._attach(instance.to_shard(f, index))
             out_seg = self._attach(instance.to_front(index, f))
-            ring = Ring(in_seg.buf)
-            self.in_rings.append(ring)
-            self.receivers.append(Receiver(ring))
+            self.receivers.append(Receiver(Ring(in_seg.buf)))
             self.senders.append(Sender(Ring(out_seg.buf)))
         board_seg = self._attach(instance.board(index))
         self.board = layout.board_view(board_seg.buf)
