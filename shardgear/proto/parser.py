@@ -215,19 +215,7 @@ class Parser:
         """
         if self._error is not None:
             self._raise_again()
-        out: list[Event] = []
-        try:
-            if self._chunks:
-                joined = self._join()
-                if joined is False:
-                    return out
-                if joined is not True:
-                    out.append(joined)
-            self._scan(out, False, False)
-        except ProtocolError as exc:
-            self._fail(exc, out)
-            raise
-        return out
+        return self._drain(plain=False)
 
     def feed_frames(self, data: bytes) -> list[Frame]:
         """``feed(data)`` then every complete event, as plain pairs (the front's fast path).
@@ -245,6 +233,10 @@ class Parser:
                 data = bytes(data)
             self._data = data
             self._pos = 0
+        return self._drain(plain=True)
+
+    def _drain(self, plain: bool) -> list[Any]:
+        """Frame every complete event buffered: `Event` objects, or plain pairs if `plain`."""
         out: list[Any] = []
         try:
             if self._chunks:
@@ -253,7 +245,7 @@ class Parser:
                     return out
                 if joined is not True:
                     out.append(joined)
-            self._scan(out, False, True)
+            self._scan(out, False, plain)
         except ProtocolError as exc:
             self._fail(exc, out)
             raise
