@@ -26,7 +26,6 @@ House rules:
 
 from __future__ import annotations
 
-import collections
 import errno
 import logging
 import os
@@ -40,11 +39,16 @@ from zlib import crc32
 
 import orjson
 
-from shardgear import __version__, messages, routing
+from shardgear import grab, messages, routing
+from shardgear.admin_commands import AdminCommands
 from shardgear.config import Config
+from shardgear.connection import E_DATA, E_SEQ, E_SHARD, Conn
+from shardgear.front_recovery import ShardRestarts
+from shardgear.gather import Gathers
 from shardgear.instance import Instance
-from shardgear.messages import HEADER
-from shardgear.proto import admin, errors
+from shardgear.messages import HEADER, json_text
+from shardgear.proto import errors
+from shardgear.proto.numbers import fits_int64
 from shardgear.proto.packets import (
     MAX_PACKET_TYPE,
     NO_JOB_PACKET,
@@ -58,9 +62,11 @@ from shardgear.shm import layout
 from shardgear.shm.channel import Receiver, Sender
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
-from shardgear.sockets import bind_listener, peer_ip
+from shardgear.sockets import bind_listener
 
 log = logging.getLogger("shardgear.front")
+
+_NO_JOB_MESSAGE_SIZE: Final = messages.HEADER_SIZE + len(NO_JOB_PACKET)
 
 # Plain ints for the hot paths (an IntEnum member costs a ~70 ns attribute lookup each time).
 _SUBMIT_JOB: Final = int(PacketType.SUBMIT_JOB)
@@ -69,8 +75,6 @@ _WORK_COMPLETE: Final = int(PacketType.WORK_COMPLETE)
 _WORK_FAIL: Final = int(PacketType.WORK_FAIL)
 _WORK_EXCEPTION: Final = int(PacketType.WORK_EXCEPTION)
 _INLINE_RESULTS: Final = frozenset({_WORK_COMPLETE, _WORK_EXCEPTION})
-RECENT_RESULTS: Final = 4096  # results kept per shard for a restarted shard (and at most:)
-RECENT_RESULT_BYTES: Final = 16 * 1024 * 1024
 _WORK_STATUS: Final = int(PacketType.WORK_STATUS)
 _CAN_DO_TIMEOUT: Final = int(PacketType.CAN_DO_TIMEOUT)
 _OP_PACKET: Final = messages.OP_PACKET
@@ -106,98 +110,11 @@ WORK_TYPES = frozenset(
 REJECTED = frozenset(
     {5, 6, 8, 10, 11, 17, 19, 20, 24, 27, 31, 35, 40, 42}
 )  # response-type or unimplemented commands
-INT64_MAX = (1 << 63) - 1
 READ_SIZE = 64 * 1024  # 256 KiB recv buffers cost 5x more (glibc serves them with mmap)
-GATHER_TIMEOUT = 2.0
 PAUSE_HIGH_WATER = 8 * 1024 * 1024  # bytes waiting for a ring before sockets stop being read
-LEVEL_NAMES = {
-    "debug": b"DEBUG",
-    "info": b"INFO",
-    "warning": b"WARNING",
-    "error": b"ERROR",
-    "critical": b"CRITICAL",
-}
 JOIN_LIMIT = 16 * 1024  # output up to this size is joined and sent with send(), not sendmsg()
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 EPOLL_ERRS = select.EPOLLERR | select.EPOLLHUP
-
-
-Pending = list[Any]
-"""A reply owed to a connection, filled by a shard's reply (matched by seq) or a gather: a plain
-list (four times cheaper to make than an object) ``[seq, shard, ptype, epoch, data(, tried)]``,
-indexed
-with the E_* constants. shard -1: filled locally; epoch: the shard's start count when the request
-was sent; data: None until filled."""
-_NO_JOB_MESSAGE_SIZE = messages.HEADER_SIZE + len(NO_JOB_PACKET)
-E_SEQ, E_SHARD, E_PTYPE, E_EPOCH, E_DATA, E_TRIED = range(6)  # E_TRIED: GRABs only
-
-
-class Conn:
-    """Everything a front knows about one client/worker/admin connection."""
-
-    __slots__ = (
-        "abilities",
-        "client_id",
-        "exceptions",
-        "fd",
-        "grab_order",
-        "id",
-        "ip",
-        "noop_sent",
-        "out",
-        "out_bytes",
-        "parser",
-        "pending",
-        "rr",
-        "seq",
-        "shards_used",
-        "sleeping",
-        "sock",
-        "want_write",
-    )
-
-    def __init__(self, conn_id: int, sock: socket.socket, parser: Parser, exceptions: bool) -> None:
-        self.id = conn_id
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.ip = peer_ip(sock)
-        self.parser = parser
-        self.out: list[bytes | memoryview] = []
-        self.out_bytes = 0
-        self.pending: collections.deque[Pending] = collections.deque()  # see Pending
-        self.seq = 0
-        # function -> (shard, board base index, CAN_DO_TIMEOUT body or None)
-        self.abilities: dict[bytes, tuple[int, int, bytes | None]] = {}
-        self.rr: list[bytes] = []  # the worker's functions in round-robin order
-        # rr's functions, in the same order, as (function, board, board base index, shard)
-        self.grab_order: list[tuple[bytes, memoryview, int, int]] = []
-        self.exceptions = exceptions
-        self.client_id = b"-"
-        self.sleeping = False
-        self.noop_sent = False
-        self.shards_used = 0  # bit mask of shards that may hold state for this connection
-        self.want_write = False
-
-
-class Gather:
-    """An answer being assembled from several shards (or fronts) for one connection."""
-
-    __slots__ = ("conn", "deadline", "entry", "expected", "finish", "parts")
-
-    def __init__(
-        self,
-        conn: Conn,
-        entry: Pending,
-        expected: int,
-        finish: Callable[[list[Any]], bytes],
-        deadline: float,
-    ) -> None:
-        self.conn = conn
-        self.entry = entry
-        self.expected = expected
-        self.finish = finish
-        self.parts: list[Any] = []
-        self.deadline = deadline
 
 
 class Front:
@@ -227,16 +144,11 @@ class Front:
         self.conns: dict[int, Conn] = {}  # by fd
         self.by_id: dict[int, Conn] = {}
         self.next_conn = (index << messages.FRONT_SHIFT) | ((os.getpid() & 0xFFFFFF) << 32)
-        self.gathers: dict[int, Gather] = {}
-        self.shard_epochs = [0] * self.shards  # HELLOs seen from each shard
-        # The last results (WORK_COMPLETE/FAIL/EXCEPTION) sent to each shard, re-sent to a
-        # restarted shard: the dead one may have read a result from the ring and died before
-        # it was in its journal (then the job would stay "running" and its client would wait).
-        self.recent_results: list[collections.deque[tuple[int, int, bytes]]] = [
-            collections.deque() for _ in range(self.shards)
-        ]
-        self.recent_bytes = [0] * self.shards
-        self.next_gather = 1
+        self.gathers = Gathers(self.release)
+        self.admin = AdminCommands(self)
+        self.restarts = ShardRestarts(self)
+        # the number of HELLOs seen from each shard, kept in every reply slot it is asked for
+        self.shard_epochs = self.restarts.epochs
         self.outbox: list[list[bytes]] = [[] for _ in range(self.shards)]  # this loop turn's
         self.writers: set[Conn] = set()
         self.listener: socket.socket | None = bind_listener(
@@ -286,6 +198,11 @@ class Front:
         self.handler_table[RESPONSE_MAGIC_TYPE] = self.on_response_magic
         self.output_limit = config.output_limit
 
+    @staticmethod
+    def clock() -> float:
+        """Monotonic seconds (gather deadlines)."""
+        return time.monotonic()
+
     def _attach(self, name: str) -> Segment:
         seg = Segment.attach(name)
         self.segments.append(seg)
@@ -311,11 +228,9 @@ class Front:
             control[layout.CTRL_STATE] = layout.CHILD_READY
         while self.running:
             timeout = 1.0
-            if self.gathers:
-                timeout = max(
-                    0.0,
-                    min(min(g.deadline for g in self.gathers.values()) - time.monotonic(), timeout),
-                )
+            deadline = self.gathers.next_deadline()
+            if deadline is not None:
+                timeout = max(0.0, min(deadline - time.monotonic(), timeout))
             try:
                 events = self.epoll.poll(timeout)
             except InterruptedError:
@@ -338,7 +253,7 @@ class Front:
                         self.read(conn)
             self.drain_shards()
             if self.gathers:
-                self.expire_gathers()
+                self.gathers.expire(time.monotonic())
             # Requests into the rings before replies onto sockets: a worker that has the reply
             # to its GRAB knows its WORK_COMPLETE before it is in shared memory, which outlives
             # this process.
@@ -419,10 +334,16 @@ class Front:
             self.epoll.register(conn.fd, EPOLLIN)
 
     def close(self, conn: Conn) -> None:
-        """Forget a connection and tell every shard that may hold state for it."""
-        if self.conns.pop(conn.fd, None) is None:
+        """Forget a connection and tell every shard that may hold state for it. Idempotent.
+
+        The connection is known by its object: its fd number may already belong to a newer
+        connection by the time a late reply, gather or failed write closes it again."""
+        if conn.closed:
             return
-        del self.by_id[conn.id]
+        conn.closed = True
+        if self.conns.get(conn.fd) is conn:
+            del self.conns[conn.fd]
+        self.by_id.pop(conn.id, None)
         self.writers.discard(conn)
         try:
             self.epoll.unregister(conn.fd)
@@ -453,7 +374,7 @@ class Front:
             # Handle what was framed before the bad bytes (as gearmand does), then close.
             log.info("closing connection from %s: %s", conn.ip, exc)
             self.dispatch(conn, getattr(exc, "events", ()))  # type: ignore[arg-type]
-            if conn.fd in self.conns:
+            if not conn.closed:
                 self.write(conn)
                 self.close(conn)
             return
@@ -463,8 +384,6 @@ class Front:
         """Handle the frames of one read. The data path (SUBMIT_JOB*, WORK_*) is inlined here,
         as the handlers would do it: it is most of what a front does."""
         handlers = self.handler_table
-        conns = self.conns
-        fd = conn.fd
         nshards = self.shards
         pack = _pack_header
         for ptype, body in frames:
@@ -488,17 +407,17 @@ class Front:
                         conn.shards_used |= 1 << shard
                         self.outbox[shard].append(pack(_OP_PACKET, ptype, 0, conn.id) + body)
                         if ptype in _INLINE_RESULTS:
-                            self.remember_result(shard, conn.id, ptype, body)
+                            self.restarts.results.remember(shard, conn.id, ptype, body)
                         continue
             handlers[ptype](conn, ptype, body)
-            if fd not in conns:
+            if conn.closed:
                 return
 
     def write(self, conn: Conn) -> None:
         """Send what the connection has waiting; watch for EPOLLOUT if the socket is full."""
         out = conn.out
         self.writers.discard(conn)
-        if not out:
+        if not out or conn.closed:
             return
         try:
             data: bytes | memoryview | None
@@ -575,10 +494,9 @@ class Front:
     def release(self, conn: Conn) -> None:
         """Move filled replies at the head of the FIFO to the socket."""
         pending = conn.pending
-        conns = self.conns
         while pending and pending[0][E_DATA] is not None:
             self.emit(conn, pending.popleft()[E_DATA])
-            if conn.fd not in conns:
+            if conn.closed:
                 return
 
     # ------------------------------------------------------------ the rings
@@ -627,7 +545,7 @@ class Front:
                     if (
                         len(m) == _NO_JOB_MESSAGE_SIZE
                         and m[16:] == NO_JOB_PACKET
-                        and self.regrab(conn, s, extra)
+                        and grab.regrab(self, conn, s, extra)
                     ):
                         continue
                     pending = conn.pending
@@ -678,15 +596,15 @@ class Front:
             if conn is not None:
                 self.close(conn)
         elif op == messages.OP_ADMIN_REPLY:
-            self.gather_part(extra, orjson.loads(m[16:]))
+            self.gathers.part(extra, orjson.loads(m[16:]))
         elif op == messages.OP_RELAY:
-            self.answer_relay(s, conn_id, extra, m[16:])
+            self.admin.answer_relay(s, conn_id, extra, m[16:])
         elif op == messages.OP_RELAY_REPLY:
-            self.gather_part(extra, m[16:])
+            self.gathers.part(extra, m[16:])
         elif op == messages.OP_HELLO:
-            self.shard_started(s)
+            self.restarts.shard_started(s)
         elif op == messages.OP_PONG:
-            self.fail_lost_requests(s, extra)
+            self.restarts.fail_lost_requests(s, extra)
 
     def fill(self, conn: Conn, shard: int, seq: int, data: bytes) -> None:
         for entry in conn.pending:
@@ -704,71 +622,13 @@ class Front:
             # gearmand sends "HANDLE\0" here (a stray NUL); the handle alone is the correct form.
             self.reply(conn, response(P.WORK_FAIL, body.split(b"\0", 1)[0]))
 
-    def shard_started(self, shard: int) -> None:
-        """A shard (re)started with no state: re-register our workers, then find lost requests.
-
-        Requests still in the ring reach the new shard and are answered; requests the dead one
-        took but never answered are lost. To tell them apart, send a PING behind everything sent
-        so far: once its PONG is back, whatever from before the HELLO is unanswered is lost.
-        """
-        self.shard_epochs[shard] += 1
-        epoch = self.shard_epochs[shard]
-        if epoch > 1:
-            log.warning("shard %d restarted", shard)
-        for conn in self.conns.values():
-            for func, (s, _base, timeout) in conn.abilities.items():
-                if s == shard:
-                    if timeout is None:
-                        self.forward(conn, shard, P.CAN_DO, func)
-                    else:
-                        self.forward(conn, shard, P.CAN_DO_TIMEOUT, timeout)
-            if conn.sleeping and any(v[0] == shard for v in conn.abilities.values()):
-                self.forward(conn, shard, P.PRE_SLEEP, b"")
-        if epoch > 1:
-            recent = self.recent_results[shard]
-            for conn_id, ptype, body in recent:
-                if conn_id in self.by_id:  # a result of a gone connection was requeued anyway
-                    self.send_shard(
-                        shard,
-                        messages.pack(
-                            messages.OP_PACKET, conn_id, body, arg=ptype, extra=messages.REPLAYED
-                        ),
-                    )
-            recent.clear()
-            self.recent_bytes[shard] = 0
-        self.send_shard(shard, messages.pack(messages.OP_PING, 0, extra=epoch))
-
-    def fail_lost_requests(self, shard: int, epoch: int) -> None:
-        """Answer requests sent to shard `shard` before its start number `epoch` and never
-        answered: NO_JOB for a GRAB, an ERROR for anything else."""
-        for conn in list(self.conns.values()):
-            lost = False
-            for entry in conn.pending:
-                if entry[E_SHARD] == shard and entry[E_DATA] is None and entry[E_EPOCH] < epoch:
-                    lost = True
-                    if entry[E_PTYPE] in GRAB_TYPES:
-                        entry[E_DATA] = NO_JOB_PACKET
-                    else:
-                        entry[E_DATA] = error_packet(
-                            b"QUEUE_ERROR", b"Shard restarted; the request was lost"
-                        )
-            if lost:
-                self.release(conn)
-
     # ------------------------------------------------------ binary requests
 
     def forward(self, conn: Conn, shard: int, ptype: int, body: bytes, seq: int = 0) -> None:
         conn.shards_used |= 1 << shard
         self.outbox[shard].append(_pack_header(_OP_PACKET, ptype, seq, conn.id) + body)
         if ptype == _WORK_FAIL:
-            self.remember_result(shard, conn.id, ptype, body)
-
-    def remember_result(self, shard: int, conn_id: int, ptype: int, body: bytes) -> None:
-        recent = self.recent_results[shard]
-        recent.append((conn_id, ptype, body))
-        self.recent_bytes[shard] += len(body)
-        while len(recent) > RECENT_RESULTS or self.recent_bytes[shard] > RECENT_RESULT_BYTES:
-            self.recent_bytes[shard] -= len(recent.popleft()[2])
+            self.restarts.results.remember(shard, conn.id, ptype, body)
 
     def forward_for_reply(self, conn: Conn, shard: int, ptype: int, body: bytes) -> None:
         """forward + expect, in one call."""
@@ -789,7 +649,7 @@ class Front:
             return
         if ptype == _SUBMIT_JOB_EPOCH:
             parts = body.split(b"\0", 3)
-            if len(parts) < 4 or not _fits_int64(parts[2]):
+            if len(parts) < 4 or not fits_int64(parts[2]):
                 self.protocol_close(conn, "bad epoch")
                 return
         self.forward_for_reply(conn, routing.shard_for(body[:end], self.shards), ptype, body)
@@ -797,73 +657,15 @@ class Front:
     def on_grab(self, conn: Conn, ptype: int, body: bytes) -> None:
         conn.sleeping = False
         conn.noop_sent = False
-        best = self.pick_grab(conn, 0)
+        best = grab.pick(conn, 0)
         if best < 0:
             self.reply(conn, NO_JOB_PACKET)
             return
-        func, shard = self.rotate_grab(conn, best)
+        func, shard = grab.rotate(conn, best)
         conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
         conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None, 1 << shard])
         conn.shards_used |= 1 << shard
         self.outbox[shard].append(_pack_header(_OP_PACKET, ptype, seq, conn.id) + func)
-
-    @staticmethod
-    def pick_grab(conn: Conn, skip_shards: int) -> int:
-        """Index in `conn.grab_order` of the first of the worker's functions (in round-robin
-        order) with the highest priority that has work on its shard's board, or -1. Functions
-        on the shards in the bit mask `skip_shards` are not considered."""
-        best = -1
-        best_prio = 3
-        for i, (_func, board, base, shard) in enumerate(conn.grab_order):
-            if skip_shards and skip_shards >> shard & 1:
-                continue
-            if board[base]:
-                return i
-            if best_prio > 1:
-                if board[base + 1]:
-                    best = i
-                    best_prio = 1
-                elif best_prio > 2 and board[base + 2]:
-                    best = i
-                    best_prio = 2
-        return best
-
-    @staticmethod
-    def rotate_grab(conn: Conn, best: int) -> tuple[bytes, int]:
-        """Move the chosen function to the end of the round-robin order; return it and its shard."""
-        order = conn.grab_order
-        if best == len(order) - 1:
-            func, _board, _base, shard = order[best]
-        else:
-            entry = order.pop(best)
-            order.append(entry)
-            conn.rr.append(conn.rr.pop(best))
-            func, _board, _base, shard = entry
-        return func, shard
-
-    def regrab(self, conn: Conn, shard: int, seq: int) -> bool:
-        """A shard answered NO_JOB to a GRAB that its board sent there. Its counter may have been
-        another function's (two names in one board slot) or may just be stale: try the worker's
-        functions on the shards not asked yet. Return True if the GRAB went to another shard."""
-        for entry in conn.pending:
-            if entry[E_SEQ] == seq and entry[E_SHARD] == shard:
-                break
-        else:
-            return False
-        if len(entry) <= E_TRIED:  # not a GRAB
-            return False
-        best = self.pick_grab(conn, entry[E_TRIED])
-        if best < 0:
-            return False
-        func, shard = self.rotate_grab(conn, best)
-        conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
-        entry[E_SEQ] = seq
-        entry[E_SHARD] = shard
-        entry[E_EPOCH] = self.shard_epochs[shard]
-        entry[E_TRIED] |= 1 << shard
-        conn.shards_used |= 1 << shard
-        self.outbox[shard].append(_pack_header(_OP_PACKET, entry[E_PTYPE], seq, conn.id) + func)
-        return True
 
     def on_work(self, conn: Conn, ptype: int, body: bytes) -> None:
         end = body.find(b"\0")
@@ -887,7 +689,7 @@ class Front:
         func = body
         if ptype == _CAN_DO_TIMEOUT:
             func, sep, value = body.partition(b"\0")
-            if not sep or len(value) > 20 or not _fits_int64(value):
+            if not sep or len(value) > 20 or not fits_int64(value):
                 self.protocol_close(conn, "bad CAN_DO_TIMEOUT")
                 return
             timeout = body
@@ -943,7 +745,7 @@ class Front:
                     return response(P.STATUS_RES_UNIQUE, body, *(str(x).encode() for x in part))
             return response(P.STATUS_RES_UNIQUE, body, b"0", b"0", b"0", b"0", b"0")
 
-        self.gather_shards(conn, {"cmd": "status_unique", "unique": _text(body)}, finish)
+        self.admin.ask_shards(conn, {"cmd": "status_unique", "unique": json_text(body)}, finish)
 
     def on_echo(self, conn: Conn, ptype: int, body: bytes) -> None:
         self.reply(conn, response(P.ECHO_RES, body))
@@ -968,184 +770,4 @@ class Front:
         self.reply(conn, error_packet(*errors.ERR_COMMAND_NOT_EXPECTED))
 
     def on_admin_line(self, conn: Conn, ptype: int, tokens: list[bytes]) -> None:
-        self.on_admin(conn, tokens)
-
-    # ----------------------------------------------------------- gathering
-
-    def start_gather(self, conn: Conn, expected: int, finish: Callable[[list[Any]], bytes]) -> int:
-        gid = self.next_gather
-        self.next_gather = (gid + 1) & 0xFFFFFFFF or 1
-        entry: Pending = [-1, -1, 0, 0, None]
-        conn.pending.append(entry)
-        self.gathers[gid] = Gather(conn, entry, expected, finish, time.monotonic() + GATHER_TIMEOUT)
-        return gid
-
-    def gather_shards(
-        self,
-        conn: Conn,
-        request: dict[str, Any],
-        finish: Callable[[list[Any]], bytes],
-        shards: list[int] | None = None,
-    ) -> None:
-        targets = list(range(self.shards)) if shards is None else shards
-        gid = self.start_gather(conn, len(targets), finish)
-        body = orjson.dumps(request)
-        for s in targets:
-            self.send_shard(s, messages.pack(messages.OP_ADMIN, conn.id, body, extra=gid))
-
-    def gather_part(self, gid: int, part: Any) -> None:
-        gather = self.gathers.get(gid)
-        if gather is None:
-            return
-        gather.parts.append(part)
-        if len(gather.parts) >= gather.expected:
-            self.finish_gather(gid, gather)
-
-    def finish_gather(self, gid: int, gather: Gather) -> None:
-        del self.gathers[gid]
-        try:
-            gather.entry[E_DATA] = gather.finish(gather.parts)
-        except Exception:  # a malformed part must not take the front down
-            log.exception("admin reply could not be assembled")
-            gather.entry[E_DATA] = admin.ERR_UNKNOWN_ERROR
-        if gather.conn.fd in self.conns:
-            self.release(gather.conn)
-
-    def expire_gathers(self) -> None:
-        now = time.monotonic()
-        for gid, gather in list(self.gathers.items()):
-            if gather.deadline <= now:
-                log.warning(
-                    "admin request answered by %d of %d processes",
-                    len(gather.parts),
-                    gather.expected,
-                )
-                self.finish_gather(gid, gather)
-
-    def answer_relay(self, shard: int, conn_id: int, gid: int, body: bytes) -> None:
-        """Shard 0 relays a request that needs every front (only `workers` so far)."""
-        self.send_shard(
-            shard, messages.pack(messages.OP_RELAY_REPLY, conn_id, self.worker_lines(), extra=gid)
-        )
-
-    def worker_lines(self) -> bytes:
-        rows = []
-        for conn in self.conns.values():
-            rows.append((conn.fd, conn.ip.encode(), conn.client_id, list(conn.rr)))
-        return admin.format_workers(rows)[:-2]  # without the closing ".\n"
-
-    # -------------------------------------------------------------- admin
-
-    def on_admin(self, conn: Conn, tokens: list[bytes]) -> None:
-        cmd = admin.parse_admin(tokens)
-        if cmd.error is not None:
-            self.reply(conn, cmd.error)
-            return
-        C = admin.AdminCommand
-        c, args = cmd.command, cmd.args
-        if c is C.STATUS:
-            self.gather_shards(
-                conn,
-                {"cmd": "status"},
-                lambda parts: admin.format_status(
-                    sorted(tuple((_raw(r[0]), *r[1:])) for p in parts for r in p)
-                ),
-            )
-        elif c is C.PRIORITY_STATUS:
-            self.gather_shards(
-                conn,
-                {"cmd": "priority_status"},
-                lambda parts: admin.format_priority_status(
-                    sorted(tuple((_raw(r[0]), *r[1:])) for p in parts for r in p)
-                ),
-            )
-        elif c is C.SHOW_JOBS:
-            self.gather_shards(
-                conn,
-                {"cmd": "show_jobs"},
-                lambda parts: admin.format_show_jobs(
-                    tuple((_raw(r[0]), *r[1:])) for p in parts for r in p
-                ),
-            )
-        elif c is C.SHOW_UNIQUE_JOBS:
-            self.gather_shards(
-                conn,
-                {"cmd": "show_unique_jobs"},
-                lambda parts: admin.format_show_unique_jobs(_raw(u) for p in parts for u in p),
-            )
-        elif c is C.WORKERS:
-            gid = self.start_gather(
-                conn, self.config.fronts, lambda parts: b"".join(parts) + b".\n"
-            )
-            self.send_shard(0, messages.pack(messages.OP_RELAY, conn.id, b"workers", extra=gid))
-        elif c is C.VERSION:
-            self.reply(conn, admin.format_ok(__version__.encode()))
-        elif c is C.GETPID:
-            self.reply(conn, admin.format_ok(b"%d" % os.getppid()))
-        elif c is C.VERBOSE:
-            self.reply(conn, admin.format_ok(LEVEL_NAMES.get(self.config.log_level, b"ERROR")))
-        elif c is C.MAXQUEUE:
-            # answered once the shard has applied it, so that the admin's next move sees it
-            func, limits = admin.maxqueue_limits(args)
-            request = {"cmd": "maxqueue", "func": _text(func), "limits": limits}
-            self.gather_shards(conn, request, _ok, [routing.shard_for(func, self.shards)])
-        elif c is C.CANCEL_JOB:
-            handle = args[0]
-            shard = routing.shard_for_handle(handle, self.shards)
-            if shard is None:
-                self.reply(conn, admin.ERR_UNKNOWN_JOB)
-                return
-            self.gather_shards(
-                conn,
-                {"cmd": "cancel_job", "handle": _text(handle)},
-                lambda parts: admin.OK_REPLY if parts and parts[0] else admin.ERR_UNKNOWN_JOB,
-                [shard],
-            )
-        elif c is C.CREATE_FUNCTION:
-            func = args[0]
-            request = {"cmd": "create_function", "func": _text(func)}
-            self.gather_shards(conn, request, _ok, [routing.shard_for(func, self.shards)])
-        elif c is C.DROP_FUNCTION:
-            self.gather_shards(conn, {"cmd": "drop_function", "func": _text(args[0])}, _finish_drop)
-        elif c is C.SHUTDOWN:
-            graceful = bool(args) and args[0].lower() == b"graceful"
-            self.reply(conn, admin.OK_REPLY)
-            # the supervisor: SIGUSR1 waits for running jobs, SIGQUIT stops at once
-            os.kill(os.getppid(), signal.SIGUSR1 if graceful else signal.SIGQUIT)
-        else:  # pragma: no cover - parse_admin answers unknown commands itself
-            self.reply(conn, admin.unknown_command(tokens[0] if tokens else b""))
-
-
-def _ok(parts: list[Any]) -> bytes:
-    return admin.OK_REPLY
-
-
-def _finish_drop(parts: list[Any]) -> bytes:
-    if "ok" in parts:
-        return admin.OK_REPLY
-    if "busy" in parts:
-        return admin.ERR_FUNCTION_BUSY
-    return admin.ERR_FUNCTION_NOT_FOUND
-
-
-def _text(raw: bytes) -> str:
-    """Bytes -> str for orjson, losslessly (function names and uniques are arbitrary bytes)."""
-    return raw.decode("latin-1")
-
-
-def _raw(text: str) -> bytes:
-    return text.encode("latin-1")
-
-
-def _fits_int64(value: bytes) -> bool:
-    """True if strtoll would parse `value` without overflow (non-numbers parse as 0)."""
-    digits = value.strip()
-    if digits[:1] in (b"-", b"+"):
-        digits = digits[1:]
-    n = 0
-    for i, ch in enumerate(digits):
-        if not 48 <= ch <= 57:
-            digits = digits[:i]
-            break
-    n = int(digits) if digits else 0
-    return n <= INT64_MAX + 1
+        self.admin.run(conn, tokens)

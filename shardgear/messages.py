@@ -52,3 +52,14 @@ def pack(op: int, conn: int, body: bytes = b"", arg: int = 0, extra: int = 0) ->
 def front_of(conn: int) -> int:
     """Return the index of the front that owns connection id `conn`."""
     return conn >> FRONT_SHIFT
+
+
+def json_text(raw: bytes) -> str:
+    """Bytes -> str for the orjson bodies of admin messages, losslessly (latin-1): function names,
+    handles and uniques are arbitrary bytes."""
+    return raw.decode("latin-1")
+
+
+def json_bytes(text: str) -> bytes:
+    """The inverse of `json_text`."""
+    return text.encode("latin-1")

@@ -48,16 +48,18 @@ gearmand 2.0 semantics, and where shardgear deliberately differs (spec: gearman-
 * An epoch job joins the tail of its queue when it becomes due (gearmand leaves it at its submission
   position and skips it until then).
 * ``job_retries`` N > 0 means N attempts in total; 0 means unlimited (gearmand <= 2.0).
-* The board is zeroed when the scheduler is created; `recover` refills it from a dead shard's
-  journal (see `recover` and ARCHITECTURE.md, "Shard crash").
+* The board is zeroed when the scheduler is created; `shardgear.recovery.recover` refills it from a
+  dead shard's journal (ARCHITECTURE.md, "Shard crash").
 * A failed JobStore.add answers ERROR QUEUE_ERROR "Persistent store failed: could not save the job"
   (gearmand's text is the bare error name).
 * As in gearmand: a connection that joins the same job twice in the foreground is attached twice
   and gets every WORK_* packet twice; GET_STATUS_UNIQUE answered here covers this shard only (with
-  several shards the front gathers `Scheduler.status_unique`).
+  several shards the front gathers `status_unique` from each).
 
-The record classes live in `shardgear.jobs`; this module is the one state machine that mutates them
-(its invariants span every method, see `check_invariants`), which is why it is not split further.
+Neighbours: the record classes live in `shardgear.jobs`; admin commands in `shardgear.shard_admin`;
+rebuilding after a crash in `shardgear.recovery`; the invariants, checked in full for tests, in
+`shardgear.invariants`. Those modules change state only through this class's lifecycle methods
+(`_insert`, `_enqueue`, `_requeue`, `_drop`, `_forget`...), which keep the house rules.
 """
 
 from __future__ import annotations
@@ -85,20 +87,9 @@ from .jobs import (
     Worker,
     add_client,
 )
-from .journal import NewRecord, Record
 from .messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE, front_of
+from .proto.numbers import atou32, strtoll
 from .proto.packets import RES_MAGIC, PacketType, error_packet, response
-from .shm.layout import (
-    JF_BACKGROUND,
-    JF_STORED,
-    JR_ASSIGN,
-    JR_ATTACH,
-    JR_COUNTER,
-    JR_DETACH,
-    JR_DONE,
-    JR_FLAGS,
-    JR_REQUEUE,
-)
 
 __all__ = ["Job", "JobJournal", "JobStore", "Scheduler"]
 
@@ -148,8 +139,6 @@ LOW: Final = 2
 
 MAX_UNIQUE: Final = 64  # longer uniques are refused
 HANDLE_SIZE: Final = 64  # handles are shorter than this
-_INT64_MAX: Final = (1 << 63) - 1
-_INT64_MIN: Final = -(1 << 63)
 _COMPACT_MIN: Final = 256  # compact a function's deques past this many tombstones
 
 _II = struct.Struct("!II")
@@ -173,7 +162,6 @@ _ERR_HANDLE_SIZE: Final = _error(
     b"ARGUMENT_TOO_LARGE",
     b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf",
 )
-_WS = b" \t\n\v\f\r"
 
 # submit packet type -> (priority, background)
 _SUBMITS: Final[dict[int, tuple[int, bool]]] = {
@@ -184,56 +172,6 @@ _SUBMITS: Final[dict[int, tuple[int, bool]]] = {
     SUBMIT_JOB_LOW: (LOW, False),
     SUBMIT_JOB_LOW_BG: (LOW, True),
 }
-
-
-def _strtol(s: bytes) -> int | None:
-    """C ``strtoll`` on `s`: leading blanks and sign, then digits; no digits = 0; None on int64
-    overflow."""
-    if s.isdigit() and len(s) < 19:
-        return int(s)
-    s = s.lstrip(_WS)
-    neg = s[:1] == b"-"
-    i = 1 if s[:1] in (b"-", b"+") else 0
-    j = i
-    n = len(s)
-    while j < n and 48 <= s[j] <= 57:
-        j += 1
-    if j == i:
-        return 0
-    v = int(s[i:j])
-    if neg:
-        v = -v
-    if v > _INT64_MAX or v < _INT64_MIN:
-        return None
-    return v
-
-
-class _Rec:
-    """A job being rebuilt by `Scheduler.recover`."""
-
-    __slots__ = ("clients", "flags", "new", "order", "retries", "worker")
-
-    def __init__(
-        self, new: NewRecord, clients: list[int], worker: int, retries: int, order: int, flags: int
-    ) -> None:
-        self.new = new
-        self.clients = clients
-        self.worker = worker
-        self.retries = retries
-        self.order = order
-        self.flags = flags
-
-
-def _order(e: _Rec) -> int:
-    return e.order
-
-
-def _atou32(s: bytes) -> int:
-    """C ``atoi`` stored into a uint32 (glibc: strtol clamped, then truncated)."""
-    v = _strtol(s)
-    if v is None:
-        v = _INT64_MAX if s.lstrip(_WS)[:1] != b"-" else _INT64_MIN
-    return v & 0xFFFFFFFF
 
 
 class Scheduler:
@@ -409,30 +347,27 @@ class Scheduler:
             if held is not None and held.worker is w:
                 self._requeue(held)
 
-    # ------------------------------------------------------------------ admin and gathers
+    # ------------------------------------------------------------------ read access
 
-    def status(self) -> list[tuple[bytes, int, int, int]]:
-        """(function, total = queued incl. future + running, running, registered workers)."""
-        return [(f.name, f.total, f.running, len(f.workers)) for f in self._functions.values()]
+    def running_count(self) -> int:
+        """Jobs held by workers now."""
+        return self._running
 
-    def priority_status(self) -> list[tuple[bytes, int, int, int, int]]:
-        """(function, HIGH, NORMAL, LOW queued incl. future epoch jobs, registered workers)."""
-        rows = []
-        for f in self._functions.values():
-            r, u = f.ready, f.future
-            rows.append((f.name, r[0] + u[0], r[1] + u[1], r[2] + u[2], len(f.workers)))
-        return rows
+    def job_count(self) -> int:
+        """Jobs known (queued, future or running)."""
+        return len(self._jobs)
 
-    def show_jobs(self) -> list[tuple[bytes, int, int, int]]:
-        """(handle, retries, ignored 0/1, persisted 0/1) of every job."""
-        return [(j.handle, j.retries, int(j.ignored), int(j.stored)) for j in self._jobs.values()]
+    def jobs(self) -> Iterable[Job]:
+        """Every job known, in no particular order (read-only)."""
+        return self._jobs.values()
 
-    def show_unique_jobs(self) -> list[bytes]:
-        """The unique of every job (empty for jobs without one)."""
-        return [j.unique for j in self._jobs.values()]
+    def job(self, handle: bytes) -> Job | None:
+        """The job with `handle`, or None."""
+        return self._jobs.get(handle)
 
     def status_unique(self, unique: bytes) -> tuple[int, int, int, int, int] | None:
-        """(1, running 0/1, num, den, attached clients) of the first job with `unique`."""
+        """GET_STATUS_UNIQUE on this shard: (1, running 0/1, num, den, attached clients) of the
+        first job with `unique`, or None. (`-` matches a job coalesced by payload, as gearmand.)"""
         if not unique:
             return None
         for f in self._functions.values():
@@ -443,221 +378,13 @@ class Scheduler:
                 return (1, int(job.state == RUNNING), job.num, job.den, len(job.clients))
         return None
 
-    def cancel_job(self, handle: bytes) -> bool:
-        """Admin ``cancel job``: fail the job's clients, forget it; a running job's worker carries
-        on unheard. False if there is no such job."""
-        job = self._jobs.get(handle)
-        if job is None:
-            return False
-        self._fail_clients(job)
-        self._unindex(job)
-        job.cancelled = True
-        if job.stored:
-            self._unstore(job)
-        if job.state == RUNNING and self._journal is not None:
-            self._journal.done(job)  # it runs on unheard; a successor need not know it
-        if job.state != RUNNING:
-            if job.state == QUEUED:
-                self._unqueue(job)
-            elif job.state == FUTURE:
-                job.fn.future[job.priority] -= 1
-            self._forget(job)
-        return True
+    def functions(self) -> Iterable[Function]:
+        """Every function known, in creation order (read-only)."""
+        return self._functions.values()
 
-    def maxqueue(self, func: bytes, limits: tuple[int, int, int]) -> None:
-        """Set the per-priority queue limits of `func` (negative = 0 = unlimited)."""
-        f = self._functions.get(func)
-        if f is not None:
-            f.maxq = [max(0, int(x)) for x in limits[:3]]
-
-    def create_function(self, func: bytes) -> None:
-        self._function(func)
-
-    def drop_function(self, func: bytes) -> str:
-        """Admin ``drop function`` (name matched case-insensitively): "ok", "busy" while workers
-        are registered or jobs run, "missing". Queued jobs are failed and unstored."""
-        low = func.lower()
-        for f in self._functions.values():
-            if f.name.lower() == low:
-                break
-        else:
-            return "missing"
-        if f.workers or f.running:
-            return "busy"
-        for job in [j for j in self._jobs.values() if j.fn is f]:
-            self._drop(job)
-        del self._functions[f.name]
-        return "ok"
-
-    def running_count(self) -> int:
-        return self._running
-
-    def job_count(self) -> int:
-        return len(self._jobs)
-
-    def jobs(self) -> Iterable[Job]:
-        return self._jobs.values()
-
-    def add_recovered(
-        self,
-        func: bytes,
-        unique: bytes,
-        data: bytes,
-        priority: int,
-        when: int,
-        reducer: bytes,
-        now: float,
-    ) -> bytes:
-        """Add a stored background job with no client (store replay) and return its handle.
-        Coalesces by unique like a submission; the job counts as persisted."""
-        f = self._function(func)
-        old = self._lookup(f, unique, data)
-        if old is not None:
-            old.background = True
-            old.stored = True
-            if self._journal is not None:
-                self._journal.flags(old)
-            return old.handle
-        prio = priority if priority in (HIGH, NORMAL, LOW) else NORMAL
-        n = self._next_n
-        job = Job(self._new_handle(), f, unique, data, prio, when, reducer, True)
-        job.n = n
-        job.stored = True
-        self._insert(job, when, now)
-        if self._journal is not None:
-            self._journal.new(job, 0)
-        return job.handle
-
-    # ------------------------------------------------------------------ crash recovery
-
-    def start_journal(self, journal: JobJournal) -> None:
-        """Journal every change from now on, starting with a snapshot of the current state."""
-        self._journal = journal
-        journal.bind(self._journal_snapshot)
-        journal.snapshot()
-
-    def _journal_snapshot(self) -> tuple[int, list[Job]]:
-        """(next handle number, live jobs): queued ones in queue order first."""
-        jobs: list[Job] = []
-        for f in self._functions.values():
-            for q in f.queues:
-                jobs.extend(j for j in q if j.state == QUEUED)
-        jobs.extend(j for j in self._jobs.values() if j.state != QUEUED and not j.cancelled)
-        return self._next_n, jobs
-
-    def recover(self, records: Iterable[Record], now: float) -> list[Job]:
-        """Re-create the jobs of a dead predecessor from its journal records (in log order);
-        return them. Call on a fresh scheduler, before any packet.
-
-        Queued jobs keep their queue order (the order of the records that last queued them) and
-        handles; foreground clients are re-attached; a running job is held again by its worker
-        connection, which is registered for nothing until its front re-sends CAN_DO (see
-        `front_synced`); epoch jobs wait for their time again; the handle counter continues
-        after every handle ever journaled. A queued foreground job with no client left is not
-        re-created. Never raises for any records: ones that make no sense are ignored."""
-        S = self.shard_count
-        nxt = self._next_n
-        live: dict[int, _Rec] = {}
-        seq = 0
-        for r in records:
-            if isinstance(r, NewRecord):
-                n = r.n
-                if n <= 0 or (n - 1) % S != self.shard_index or len(r.unique) > MAX_UNIQUE:
-                    continue
-                seq += 1
-                live[n] = _Rec(r, [r.client] if r.client else [], 0, r.retries, seq, r.flags)
-                if n + S > nxt:
-                    nxt = n + S
-                continue
-            kind, n, arg = r
-            if kind == JR_COUNTER:
-                if n > nxt:
-                    k = -(-(n - self._next_n) // S)  # round up to one of our numbers
-                    nxt = self._next_n + k * S
-                continue
-            e = live.get(n)
-            if e is None:
-                continue
-            if kind == JR_ATTACH:
-                e.clients.append(arg)
-            elif kind == JR_DETACH:
-                e.clients = [c for c in e.clients if c != arg]
-            elif kind == JR_ASSIGN:
-                e.worker = arg
-            elif kind == JR_REQUEUE:
-                e.worker = 0
-                e.retries = arg
-                seq += 1
-                e.order = seq
-            elif kind == JR_DONE:
-                del live[n]
-            elif kind == JR_FLAGS:
-                e.flags |= arg
-        out: list[Job] = []
-        for e in sorted(live.values(), key=_order):
-            r = e.new
-            bg = bool(e.flags & JF_BACKGROUND)
-            if not e.worker and not bg and not e.clients:
-                continue
-            handle = self._prefix + b"%d" % r.n
-            if handle in self._jobs:
-                continue
-            f = self._function(r.func)
-            job = Job(handle, f, r.unique, r.data, r.priority, r.when, r.reducer, bg)
-            job.n = r.n
-            job.retries = e.retries
-            job.stored = bool(e.flags & JF_STORED)
-            self._jobs[handle] = job
-            if r.unique and self._lookup(f, r.unique, r.data) is None:
-                if r.unique == b"-":
-                    if r.data:
-                        f.payloads[r.data] = job
-                        job.ukind = UK_PAYLOAD
-                else:
-                    f.uniques[r.unique] = job
-                    job.ukind = UK_UNIQUE
-            for c in e.clients:
-                add_client(job, c)
-                self._attach(c, job)
-            if e.worker:
-                w = self._workers.get(e.worker)
-                if w is None:
-                    w = self._workers[e.worker] = Worker(e.worker)
-                    w.recovered = True
-                    self._recovered[e.worker] = w
-                job.state = RUNNING
-                job.worker = w
-                w.jobs[job] = None
-                f.running += 1
-                self._running += 1
-            elif r.when > now:
-                job.state = FUTURE
-                f.future[job.priority] += 1
-                self._seq += 1
-                heapq.heappush(self._epochs, (float(r.when), self._seq, job))
-            else:
-                self._enqueue(job)
-            out.append(job)
-        self._next_n = max(self._next_n, nxt)
-        return out
-
-    def front_synced(self, front: int, now: float) -> None:
-        """Front `front` has re-sent the registrations of its workers since our start (its PING
-        reached us). A recovered job held by one of its connections that did not register the
-        job's function again (the connection closed while no shard was running, or it sent
-        CANT_DO) goes back to its queue, as it would have on the shard that died."""
-        if not self._recovered:
-            return
-        for conn, w in list(self._recovered.items()):
-            if front_of(conn) != front:
-                continue
-            del self._recovered[conn]
-            w.recovered = False
-            if not w.alive:
-                continue
-            for job in [j for j in w.jobs if j.fn not in w.funcs]:
-                self._requeue(job)
-            self._maybe_forget_worker(w)
+    def function(self, name: bytes) -> Function | None:
+        """The function named `name`, or None."""
+        return self._functions.get(name)
 
     # ------------------------------------------------------------------ submissions
 
@@ -672,7 +399,7 @@ class Scheduler:
         parts = body.split(b"\0", 3)
         while len(parts) < 4:
             parts.append(b"")
-        when = _strtol(parts[2])
+        when = strtoll(parts[2])
         if when is None:
             self.out.append((OP_CLOSE, conn, b""))
             return
@@ -857,7 +584,7 @@ class Scheduler:
         name = body
         if ptype == CAN_DO_TIMEOUT:
             name, _, t = body.partition(b"\0")
-            tv = _strtol(t)
+            tv = strtoll(t)
             if tv is None or len(t) > 20:
                 self.out.append((OP_CLOSE, conn, b""))
                 return
@@ -1032,8 +759,8 @@ class Scheduler:
         if job is None:
             self.out.append((OP_SEND, conn, _ERR_NO_JOB_RESULT))
             return
-        job.num = _atou32(parts[1])
-        job.den = _atou32(parts[2])
+        job.num = atou32(parts[1])
+        job.den = atou32(parts[2])
         if job.clients:
             self._relay(job, _RES + _pack(ptype, len(body)) + body)
 
@@ -1202,76 +929,3 @@ class Scheduler:
             self._detach_all(job)
         if self._journal is not None:
             self._journal.done(job)
-
-    # ------------------------------------------------------------------ introspection for tests
-
-    def check_invariants(self) -> None:
-        """Assert every internal invariant (slow; for tests)."""
-        board: dict[int, int] = {}
-        seen: set[int] = set()
-        running = 0
-        for name, f in self._functions.items():
-            assert f.name == name
-            dead = 0
-            for p in range(3):
-                live = [j for j in f.queues[p] if j.state == QUEUED]
-                dead += len(f.queues[p]) - len(live)
-                assert len(live) == f.ready[p], (name, p)
-                for j in live:
-                    assert id(j) not in seen, j
-                    seen.add(id(j))
-                    assert j.fn is f and j.priority == p and j.worker is None
-                    assert self._jobs.get(j.handle) is j
-                    assert not j.ignored, j
-                board[f.bidx + p] = board.get(f.bidx + p, 0) + f.ready[p]
-            assert dead == f.dead
-            assert f.nready == sum(f.ready)
-            for conn, w in f.workers.items():
-                assert self._workers.get(conn) is w and f in w.funcs
-            for w in f.sleepers:
-                assert w.sleeping and not w.woken and f in w.funcs
-            for u, j in f.uniques.items():
-                assert j.unique == u and j.ukind == UK_UNIQUE and self._jobs.get(j.handle) is j
-            for pd, j in f.payloads.items():
-                assert j.data == pd and j.unique == b"-" and j.ukind == UK_PAYLOAD
-                assert self._jobs.get(j.handle) is j
-            running += f.running
-            assert f.running == sum(
-                1 for j in self._jobs.values() if j.fn is f and j.state == RUNNING
-            )
-            assert sum(f.future) == sum(
-                1 for j in self._jobs.values() if j.fn is f and j.state == FUTURE
-            )
-        assert running == self._running
-        if self._board is not None:
-            for i, v in enumerate(self._board):
-                assert v == board.get(i, 0), (i, v, board.get(i, 0))
-        for h, j in self._jobs.items():
-            assert j.handle == h and j.state != GONE
-            assert self._functions.get(j.func) is j.fn
-            if j.state == RUNNING:
-                assert j.worker is not None and j.worker.alive
-                assert self._workers.get(j.worker.conn) is j.worker and j in j.worker.jobs
-                assert j.fn in j.worker.funcs or j.worker.recovered
-            else:
-                assert j.worker is None
-            if j.ukind == UK_UNIQUE:
-                assert j.fn.uniques.get(j.unique) is j
-            elif j.ukind == UK_PAYLOAD:
-                assert j.fn.payloads.get(j.data) is j
-            elif j.unique and not j.cancelled and (j.unique != b"-" or j.data):
-                raise AssertionError(f"{j} missing from the unique index")
-            for c in j.clients:
-                assert j in self._clients[c]
-        for c, attached in self._clients.items():
-            assert attached
-            for j in attached:
-                assert c in j.clients and self._jobs.get(j.handle) is j
-        for conn, w in self._workers.items():
-            assert w.conn == conn and w.alive and (w.funcs or w.jobs)
-            assert w.recovered == (conn in self._recovered)
-            for j in w.jobs:
-                assert j.worker is w and j.state == RUNNING
-            for f in w.funcs:
-                assert f.workers.get(conn) is w
-                assert (w in f.sleepers) == (w.sleeping and not w.woken)

@@ -31,11 +31,10 @@ import signal
 import struct
 import time
 from collections import deque
-from typing import Any
 
 import orjson
 
-from shardgear import messages, routing
+from shardgear import messages, recovery, routing, shard_admin
 from shardgear.config import Config
 from shardgear.instance import Instance
 from shardgear.jobs import Job
@@ -149,14 +148,14 @@ class Shard:
                 self.replay()
         else:
             self.replay()
-        self.scheduler.start_journal(journal)
+        recovery.start_journal(self.scheduler, journal)
         if self.store is not None:
             self.store.commit()
 
     def recover(self) -> int:
         """Re-create the jobs recorded in the journal of the shard that died; return how many."""
         records = self.journal.read()
-        jobs = self.scheduler.recover(records, time.time())
+        jobs = recovery.recover(self.scheduler, records, time.time())
         running = sum(1 for job in jobs if job.worker is not None)
         log.warning(
             "recovered %d jobs (%d of them running) from the journal of the shard that died",
@@ -192,14 +191,14 @@ class Shard:
             else:
                 job.stored = False  # its row is gone (the job ended as the shard died)
         now = time.time()
-        add = self.scheduler.add_recovered
+        sched = self.scheduler
         extra = 0
         for row in rows:
             ids = by_key[(row.func, row.unique, row.priority, row.data, row.when, row.reducer)]
             if ids and ids[0] == row.id:
                 ids.popleft()
-                handle = add(
-                    row.func, row.unique, row.data, row.priority, row.when, row.reducer, now
+                handle = recovery.add_recovered(
+                    sched, row.func, row.unique, row.data, row.priority, row.when, row.reducer, now
                 )
                 store.adopt(handle, row.id)
                 extra += 1
@@ -218,9 +217,11 @@ class Shard:
             log.error("stored jobs not replayed: %s", exc)
             return 0
         now = time.time()
-        add = self.scheduler.add_recovered
+        sched = self.scheduler
         for row in rows:
-            handle = add(row.func, row.unique, row.data, row.priority, row.when, row.reducer, now)
+            handle = recovery.add_recovered(
+                sched, row.func, row.unique, row.data, row.priority, row.when, row.reducer, now
+            )
             store.adopt(handle, row.id)  # a duplicate that coalesced is deleted here
         store.commit()
         if rows:
@@ -240,7 +241,7 @@ class Shard:
         sched = self.scheduler
         lost_set = set(lost)
         for handle in lost:
-            sched.cancel_job(handle)
+            shard_admin.cancel_job(sched, handle)
         error = error_packet(b"QUEUE_ERROR", b"Persistent store failed: could not save the job")
         out = sched.out
         for i, (op, conn, body) in enumerate(out):
@@ -359,7 +360,7 @@ class Shard:
             elif op == messages.OP_ADMIN:
                 self.admin(conn, extra, m[16:])
             elif op == messages.OP_PING:
-                sched.front_synced(front, now)  # its workers' registrations have arrived
+                recovery.front_synced(sched, front, now)  # its workers' registrations have arrived
                 self.route()  # the PONG must follow every reply to what came before the PING
                 self.send(front, messages.pack(messages.OP_PONG, conn, extra=extra))
             elif op == messages.OP_RELAY:
@@ -417,46 +418,11 @@ class Shard:
     def admin(self, conn: int, gid: int, body: bytes) -> None:
         """Answer an admin request from a front (orjson in, orjson out)."""
         request = orjson.loads(body)
-        result = self.admin_result(request)
+        result = shard_admin.answer(self.scheduler, request, log.error)
         self.send(
             messages.front_of(conn),
             messages.pack(messages.OP_ADMIN_REPLY, conn, orjson.dumps(result), extra=gid),
         )
-
-    def admin_result(self, request: dict[str, Any]) -> Any:
-        sched = self.scheduler
-        cmd = request.get("cmd")
-        if cmd == "status":
-            return [(_text(f), *rest) for f, *rest in sched.status()]
-        if cmd == "priority_status":
-            return [(_text(f), *rest) for f, *rest in sched.priority_status()]
-        if cmd == "show_jobs":
-            return [(_text(h), *rest) for h, *rest in sched.show_jobs()]
-        if cmd == "show_unique_jobs":
-            return [_text(u) for u in sched.show_unique_jobs()]
-        if cmd == "status_unique":
-            return sched.status_unique(_raw(request["unique"]))
-        if cmd == "cancel_job":
-            return sched.cancel_job(_raw(request["handle"]))
-        if cmd == "drop_function":
-            return sched.drop_function(_raw(request["func"]))
-        if cmd == "maxqueue":
-            high, normal, low = request["limits"]
-            sched.maxqueue(_raw(request["func"]), (int(high), int(normal), int(low)))
-            return True
-        if cmd == "create_function":
-            sched.create_function(_raw(request["func"]))
-            return True
-        log.error("unknown admin request %r", cmd)
-        return None
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("latin-1")
-
-
-def _raw(text: str) -> bytes:
-    return text.encode("latin-1")
 
 
 def _handle_number(job: Job) -> int:

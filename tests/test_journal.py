@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardgear import routing
+from shardgear import recovery, routing, shard_admin
+from shardgear.invariants import check_invariants
 from shardgear.jobs import QUEUED, RUNNING
 from shardgear.journal import Journal, JournalError, NewRecord
 from shardgear.scheduler import Scheduler
@@ -40,7 +41,7 @@ def make_sched(**kw: Any) -> Scheduler:
 def journaled(size: int = 1 << 20, **kw: Any) -> tuple[bytearray, Journal, Scheduler]:
     buf, j = make_journal(size)
     s = make_sched(**kw)
-    s.start_journal(j)
+    recovery.start_journal(s, j)
     return buf, j, s
 
 
@@ -50,10 +51,10 @@ def crash(buf: bytearray, now: float = 1000.0, **kw: Any) -> Scheduler:
     log: list[str] = []
     j = Journal(bytearray(buf), log=log.append)
     s = make_sched(**kw)
-    s.recover(j.read(), now)
-    s.check_invariants()
-    s.start_journal(j)
-    s.check_invariants()
+    recovery.recover(s, j.read(), now)
+    check_invariants(s)
+    recovery.start_journal(s, j)
+    check_invariants(s)
     return s
 
 
@@ -111,7 +112,7 @@ def state(s: Scheduler, *, workers: bool = True) -> dict[str, Any]:
             uniques[f.name, b"-", d] = j.handle
     status = sorted(
         (f, total, running, nw if workers else 0)
-        for f, total, running, nw in s.status()
+        for f, total, running, nw in shard_admin.status(s)
         if total or (workers and nw)
     )
     return {
@@ -273,7 +274,7 @@ def test_a_job_too_big_for_the_journal_is_skipped_with_a_warning() -> None:
     log: list[str] = []
     buf, j = make_journal(layout.JOURNAL_MIN_BYTES, log)
     s = make_sched()
-    s.start_journal(j)
+    recovery.start_journal(s, j)
     small = submit(s, C1, b"f", b"small", bg=True)
     submit(s, C1, b"f", b"x" * 10000, bg=True)  # bigger than a half
     after = submit(s, C1, b"f", b"after", bg=True)
@@ -297,7 +298,7 @@ def test_recovery_rebuilds_queues_clients_workers_and_counters() -> None:
     flushed(j)
     s2 = crash(buf, shard_index=1, shard_count=3)
     assert state(s2, workers=False) == state(s, workers=False)
-    assert sorted(s2.show_jobs()) == sorted(s.show_jobs())
+    assert sorted(shard_admin.show_jobs(s2)) == sorted(shard_admin.show_jobs(s))
     # the board the fronts read is right again
     assert state(s2)["board"] == state(s)["board"]
     # a new job gets a new handle
@@ -306,11 +307,11 @@ def test_recovery_rebuilds_queues_clients_workers_and_counters() -> None:
     s2.handle_packet(W2, WORK_COMPLETE, fg[0] + b"\0done", 0.0)
     out, s2.out = s2.out, []
     assert [(c, b[12:]) for _op, c, b in out] == [(C1, fg[0] + b"\0done")]
-    s2.check_invariants()
+    check_invariants(s2)
     # queue order survives: the rest come out in order once the worker registers again; W1 did
     # not register again (its connection closed while no shard ran): its HIGH job is requeued
     s2.handle_packet(W2, CAN_DO, b"f", 0.0)
-    s2.front_synced(0, 0.0)
+    recovery.front_synced(s2, 0, 0.0)
     got = [grab(s2, W2) for _ in range(6)]
     assert got == [hi, *fg[1:], *bg]
 
@@ -325,14 +326,14 @@ def test_a_recovered_worker_that_does_not_register_again_loses_its_job() -> None
     s2 = crash(buf)
     assert s2.running_count() == 3
     s2.handle_packet(W2, CAN_DO, b"f", 0.0)  # front 0 re-registers W2 only: W1 closed meanwhile
-    s2.front_synced(0, 0.0)
-    s2.check_invariants()
+    recovery.front_synced(s2, 0, 0.0)
+    check_invariants(s2)
     assert s2.running_count() == 2  # W1's job is queued again; front 1 has not synced yet
     jobs = {x.handle: x for x in s2.jobs()}
     assert jobs[a].state == QUEUED and jobs[a].retries == 1
     assert jobs[b].state == RUNNING and jobs[c].state == RUNNING
     s2.disconnect(W_OTHER_FRONT, 0.0)  # a DISCONNECT that was still in the ring
-    s2.check_invariants()
+    check_invariants(s2)
     assert jobs[c].state == QUEUED
 
 
@@ -349,9 +350,9 @@ def test_a_crash_during_the_store_replay_starts_over() -> None:
     buf, j = make_journal()
     assert j.fresh  # the shard replays the store, then start_journal makes it not fresh
     s = make_sched()
-    s.add_recovered(b"f", b"", b"x", 1, 0, b"", 0.0)
+    recovery.add_recovered(s, b"f", b"", b"x", 1, 0, b"", 0.0)
     assert Journal(buf).fresh
-    s.start_journal(j)
+    recovery.start_journal(s, j)
     assert not Journal(buf).fresh
     s2 = crash(buf)
     assert [x.stored for x in s2.jobs()] == [True]
@@ -363,7 +364,7 @@ def test_a_crash_during_the_store_replay_starts_over() -> None:
 def drive(steps: list[tuple[Any, ...]], retries: int, size: int) -> None:
     buf, j = make_journal(size)
     s = make_sched(shard_index=1, shard_count=2, job_retries=retries, log=lambda m: None)
-    s.start_journal(j)
+    recovery.start_journal(s, j)
     now = 100.0
     handles = [b"H:t:%d" % (2 + 2 * i) for i in range(12)] + [b"junk"]
     gen = [0] * len(FRONT_OF)
@@ -404,9 +405,9 @@ def drive(steps: list[tuple[Any, ...]], retries: int, size: int) -> None:
                 if f == step[1]:
                     gen[i] += 1
         elif kind == "cancel":
-            s.cancel_job(handles[step[1]])
+            shard_admin.cancel_job(s, handles[step[1]])
         elif kind == "drop_function":
-            s.drop_function(step[1])
+            shard_admin.drop_function(s, step[1])
         elif kind == "raw":
             s.handle_packet(c, step[2], step[3], now)
         elif kind == "epoch":
@@ -424,9 +425,9 @@ def drive(steps: list[tuple[Any, ...]], retries: int, size: int) -> None:
         for f, timeout in w.funcs.items():
             name = f.name + (b"\x000" if timeout else b"")
             s2.handle_packet(w.conn, 23 if timeout else 1, name, now)
-    s2.front_synced(0, now)
-    s2.front_synced(1, now)
-    s2.check_invariants()
+    recovery.front_synced(s2, 0, now)
+    recovery.front_synced(s2, 1, now)
+    check_invariants(s2)
     assert state(s2) == state(s)
 
 

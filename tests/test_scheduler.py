@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shardgear import routing
+from shardgear import recovery, routing, shard_admin
+from shardgear.invariants import check_invariants
 from shardgear.messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE
 from shardgear.scheduler import Job, Scheduler
 
@@ -50,7 +51,7 @@ class Rig:
 
     def drain(self) -> list[tuple[int, int, bytes]]:
         out, self.s.out = self.s.out, []
-        self.s.check_invariants()
+        check_invariants(self.s)
         return out
 
     def packets(self, effects: list[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
@@ -207,11 +208,11 @@ def test_a_worker_may_hold_many_jobs(rig: Rig) -> None:
 def test_functions_are_created_on_first_use_and_never_collected(rig: Rig) -> None:
     rig.send(W1, CAN_DO, b"w")
     rig.submit(C1, b"s")
-    rig.s.create_function(b"c")
+    shard_admin.create_function(rig.s, b"c")
     rig.send(W1, CANT_DO, b"w")
     rig.s.disconnect(C1, rig.now)
     rig.drain()
-    assert sorted(r[0] for r in rig.s.status()) == [b"c", b"s", b"w"]
+    assert sorted(r[0] for r in shard_admin.status(rig.s)) == [b"c", b"s", b"w"]
 
 
 # ---------------------------------------------------------------- coalescing
@@ -264,9 +265,9 @@ def test_coalescing_lasts_while_the_job_runs_and_ends_with_it(rig: Rig) -> None:
 def test_coalesced_submission_discards_payload_priority_and_skips_maxqueue(rig: Rig) -> None:
     rig.send(W1, CAN_DO, b"f")
     h = rig.submit(C1, b"f", b"u", b"first", SUBMIT_JOB_LOW)
-    rig.s.maxqueue(b"f", (1, 1, 1))
+    shard_admin.maxqueue(rig.s, b"f", (1, 1, 1))
     assert rig.submit(C2, b"f", b"u", b"second", SUBMIT_JOB_HIGH) == h
-    assert rig.s.priority_status() == [(b"f", 0, 0, 1, 1)]
+    assert shard_admin.priority_status(rig.s) == [(b"f", 0, 0, 1, 1)]
     assert rig.grab(W1) == [bytes([JOB_ASSIGN]), h, b"f", b"first"]
 
 
@@ -287,7 +288,7 @@ def test_background_coalesced_onto_foreground_survives_foreground_disconnect(rig
     assert rig.submit(C2, b"f", b"u", b"ignored", SUBMIT_JOB_BG) == h
     rig.s.disconnect(C1, rig.now)
     assert rig.drain() == []
-    assert rig.s.show_jobs() == [(h, 0, 0, 0)]
+    assert shard_admin.show_jobs(rig.s) == [(h, 0, 0, 0)]
     rig.send(W1, CAN_DO, b"f")
     assert rig.grab_handle(W1) == h  # gearmand would have lost it (gotcha §2.2 a)
 
@@ -302,7 +303,7 @@ def test_client_disconnect_removes_its_queued_foreground_job(rig: Rig) -> None:
     r.submit(C2, b"f", b"v")
     r.s.disconnect(C1, r.now)
     assert r.drain() == []
-    assert r.s.status() == [(b"f", 1, 0, 0)]  # gearmand keeps counting it until a GRAB
+    assert shard_admin.status(r.s) == [(b"f", 1, 0, 0)]  # gearmand keeps counting it until a GRAB
     assert board[routing.board_slot(b"f") * 3 + 1] == 1
     r.send(W1, CAN_DO, b"f")
     assert r.grab_handle(W1) != h
@@ -317,7 +318,7 @@ def test_job_shared_by_two_clients_stays_until_both_leave(rig: Rig) -> None:
     rig.s.disconnect(C2, rig.now)
     assert rig.s.job_count() == 0
     assert rig.s.status_unique(b"u") is None
-    assert h not in [r[0] for r in rig.s.show_jobs()]
+    assert h not in [r[0] for r in shard_admin.show_jobs(rig.s)]
 
 
 def test_client_disconnect_lets_a_running_job_finish_unheard(rig: Rig) -> None:
@@ -325,7 +326,7 @@ def test_client_disconnect_lets_a_running_job_finish_unheard(rig: Rig) -> None:
     h = rig.submit(C1, b"f")
     rig.grab(W1)
     rig.s.disconnect(C1, rig.now)
-    assert rig.s.show_jobs() == [(h, 0, 1, 0)]  # ignored
+    assert shard_admin.show_jobs(rig.s) == [(h, 0, 1, 0)]  # ignored
     assert rig.send(W1, WORK_DATA, h, b"x") == []
     assert rig.send(W1, WORK_COMPLETE, h, b"x") == []
     assert rig.s.job_count() == 0
@@ -353,7 +354,7 @@ def test_worker_disconnect_requeues_at_the_tail_and_resets_status(rig: Rig) -> N
     assert rig.drain() == []  # W2 already had work available at PRE_SLEEP: woken then
     assert rig.one(C1, GET_STATUS, h1) == (STATUS_RES, h1 + b"\x001\x000\x000\x000")
     assert [rig.grab_handle(W2), rig.grab_handle(W2)] == [h2, h1]
-    assert dict((h, r) for h, r, _, _ in rig.s.show_jobs()) == {h1: 1, h2: 0}
+    assert dict((h, r) for h, r, _, _ in shard_admin.show_jobs(rig.s)) == {h1: 1, h2: 0}
 
 
 def test_requeue_wakes_sleeping_workers_and_tells_clients_nothing(rig: Rig) -> None:
@@ -375,7 +376,7 @@ def test_drop_front_disconnects_every_connection_of_that_front(rig: Rig) -> None
     assert rig.grab_handle(f1w) == h
     rig.s.drop_front(1, rig.now)
     rig.drain()
-    assert rig.s.status() == [(b"f", 1, 0, 1)]
+    assert shard_admin.status(rig.s) == [(b"f", 1, 0, 1)]
     assert rig.grab_handle(W1) == kept
 
 
@@ -390,7 +391,7 @@ def test_retry_limit_drops_the_job_with_work_fail() -> None:
     r.submit(C2, b"f", b"u")
     r.grab(W1)
     r.send(W1, RESET_ABILITIES)  # retry 1: requeued
-    assert r.s.show_jobs() == [(h, 1, 0, 0)]
+    assert shard_admin.show_jobs(r.s) == [(h, 1, 0, 0)]
     r.send(W1, CAN_DO, b"f")
     r.grab(W1)
     effects = r.send(W1, CANT_DO, b"f")  # retry 2 == job_retries: dropped
@@ -406,7 +407,7 @@ def test_job_retries_zero_means_unlimited(rig: Rig) -> None:
         assert rig.grab_handle(W1) == h
         rig.s.disconnect(W1, rig.now)
         rig.send(W1, CAN_DO, b"f")
-    assert rig.s.show_jobs() == [(h, 300, 0, 0)]
+    assert shard_admin.show_jobs(rig.s) == [(h, 300, 0, 0)]
 
 
 def test_work_fail_and_exception_are_not_retried(rig: Rig) -> None:
@@ -428,8 +429,8 @@ def test_cant_do_requeues_only_the_jobs_of_that_function(rig: Rig) -> None:
     rig.grab(W1)
     rig.grab(W1)
     rig.send(W1, CANT_DO, b"a")
-    assert rig.s.status() == [(b"a", 1, 0, 0), (b"b", 1, 1, 1)]
-    assert dict((h, r) for h, r, _, _ in rig.s.show_jobs()) == {ha: 1, hb: 0}
+    assert shard_admin.status(rig.s) == [(b"a", 1, 0, 0), (b"b", 1, 1, 1)]
+    assert dict((h, r) for h, r, _, _ in shard_admin.show_jobs(rig.s)) == {ha: 1, hb: 0}
     assert rig.send(W1, WORK_COMPLETE, ha, b"") != []  # no longer its job: JOB_NOT_FOUND
 
 
@@ -441,14 +442,14 @@ def test_reset_abilities_requeues_everything_and_unregisters(rig: Rig) -> None:
     rig.grab(W1)
     rig.grab(W1)
     rig.send(W1, RESET_ABILITIES)
-    assert rig.s.status() == [(b"a", 1, 0, 0), (b"b", 1, 0, 0)]
+    assert shard_admin.status(rig.s) == [(b"a", 1, 0, 0), (b"b", 1, 0, 0)]
     assert rig.grab(W1) is None
 
 
 def test_can_do_twice_is_one_registration_with_the_new_timeout(rig: Rig) -> None:
     rig.send(W1, CAN_DO_TIMEOUT, b"f", b"5000")
     rig.send(W1, CAN_DO, b"f")
-    assert rig.s.status() == [(b"f", 0, 0, 1)]
+    assert shard_admin.status(rig.s) == [(b"f", 0, 0, 1)]
     rig.submit(C1, b"f")
     rig.grab(W1)
     assert rig.s.next_deadline() is None  # CAN_DO reset the timeout to none
@@ -466,7 +467,7 @@ def test_can_do_timeout_requeues_after_at_least_one_second(rig: Rig) -> None:
     assert rig.s.running_count() == 1
     rig.s.tick(rig.now + 1.0)
     assert rig.drain() == []  # clients are not told
-    assert rig.s.show_jobs() == [(h, 1, 0, 0)] and rig.s.running_count() == 0
+    assert shard_admin.show_jobs(rig.s) == [(h, 1, 0, 0)] and rig.s.running_count() == 0
     rig.now += 2
     code, text = error_of(rig, rig.send(W1, WORK_COMPLETE, h, b"late"))
     assert (code, text) == (b"JOB_NOT_FOUND", b"Job given in work result not found")
@@ -490,7 +491,7 @@ def test_can_do_timeout_follows_the_latest_assignment(rig: Rig) -> None:
     assert rig.s.running_count() == 2
     assert rig.s.next_deadline() == rig.now + 2
     rig.s.tick(rig.now + 2)
-    assert dict((h, r) for h, r, _, _ in rig.s.show_jobs()) == {h1: 0, h2: 1}
+    assert dict((h, r) for h, r, _, _ in shard_admin.show_jobs(rig.s)) == {h1: 0, h2: 1}
     assert rig.s.next_deadline() is None
 
 
@@ -622,9 +623,9 @@ def test_epoch_job_is_held_until_due_then_runs_and_wakes(rig: Rig) -> None:
     when = int(r.now) + 60
     t, h = r.one(C1, SUBMIT_JOB_EPOCH, b"f", b"u", b"%d" % when, b"later")
     assert t == JOB_CREATED
-    assert r.s.status() == [(b"f", 1, 0, 1)]  # counted in TOTAL
-    assert r.s.priority_status() == [(b"f", 0, 1, 0, 1)]
-    assert [row[0] for row in r.s.show_jobs()] == [h]
+    assert shard_admin.status(r.s) == [(b"f", 1, 0, 1)]  # counted in TOTAL
+    assert shard_admin.priority_status(r.s) == [(b"f", 0, 1, 0, 1)]
+    assert [row[0] for row in shard_admin.show_jobs(r.s)] == [h]
     assert board[slot + 1] == 0  # not runnable: not on the board
     assert r.grab(W1) is None
     assert r.s.next_deadline() == when
@@ -685,7 +686,7 @@ def test_coalesced_epoch_submission_discards_its_epoch(rig: Rig) -> None:
 
 def test_maxqueue_rejects_new_jobs_when_total_reaches_the_limit(rig: Rig) -> None:
     rig.send(W1, CAN_DO, b"f")
-    rig.s.maxqueue(b"f", (0, 2, 1))
+    shard_admin.maxqueue(rig.s, b"f", (0, 2, 1))
     rig.submit(C1, b"f")
     rig.grab(W1)  # running jobs count too
     rig.submit(C1, b"f")
@@ -694,13 +695,13 @@ def test_maxqueue_rejects_new_jobs_when_total_reaches_the_limit(rig: Rig) -> Non
     effects = rig.send(C1, SUBMIT_JOB_LOW, b"f", b"", b"")
     assert error_of(rig, effects) == (b"QUEUE_ERROR", b"Job queue is full")
     rig.submit(C1, b"f", b"", b"", SUBMIT_JOB_HIGH)  # 0 = unlimited
-    rig.s.maxqueue(b"f", (-1, 0, 0))
+    shard_admin.maxqueue(rig.s, b"f", (-1, 0, 0))
     rig.submit(C1, b"f")
 
 
 def test_maxqueue_of_an_unknown_function_does_nothing(rig: Rig) -> None:
-    rig.s.maxqueue(b"nope", (1, 1, 1))
-    assert rig.s.status() == []
+    shard_admin.maxqueue(rig.s, b"nope", (1, 1, 1))
+    assert shard_admin.status(rig.s) == []
 
 
 # ---------------------------------------------------------------- work results
@@ -811,32 +812,32 @@ def test_get_status_unique(rig: Rig) -> None:
 def test_status_and_priority_status_rows(rig: Rig) -> None:
     rig.send(W1, CAN_DO, b"f")
     rig.send(W2, CAN_DO, b"f")
-    rig.s.create_function(b"empty")
+    shard_admin.create_function(rig.s, b"empty")
     rig.submit(C1, b"f", b"", b"", SUBMIT_JOB_HIGH)
     rig.submit(C1, b"f", b"", b"", SUBMIT_JOB_HIGH_BG)
     rig.submit(C1, b"f", b"", b"", SUBMIT_JOB_LOW_BG)
     rig.submit(C1, b"f", b"", b"", SUBMIT_JOB)
     rig.grab(W1)  # one HIGH now runs
-    assert rig.s.status() == [(b"f", 4, 1, 2), (b"empty", 0, 0, 0)]
-    assert rig.s.priority_status() == [(b"f", 1, 1, 1, 2), (b"empty", 0, 0, 0, 0)]
+    assert shard_admin.status(rig.s) == [(b"f", 4, 1, 2), (b"empty", 0, 0, 0)]
+    assert shard_admin.priority_status(rig.s) == [(b"f", 1, 1, 1, 2), (b"empty", 0, 0, 0, 0)]
     assert rig.s.running_count() == 1 and rig.s.job_count() == 4
 
 
 def test_show_jobs_and_show_unique_jobs(rig: Rig) -> None:
     rig.submit(C1, b"f", b"u1")
     rig.submit(C1, b"f", b"", b"", SUBMIT_JOB_BG)
-    assert sorted(rig.s.show_unique_jobs()) == [b"", b"u1"]
-    assert [row[1:] for row in rig.s.show_jobs()] == [(0, 0, 0), (0, 0, 0)]
-    assert {j.handle for j in rig.s.jobs()} == {row[0] for row in rig.s.show_jobs()}
+    assert sorted(shard_admin.show_unique_jobs(rig.s)) == [b"", b"u1"]
+    assert [row[1:] for row in shard_admin.show_jobs(rig.s)] == [(0, 0, 0), (0, 0, 0)]
+    assert {j.handle for j in rig.s.jobs()} == {row[0] for row in shard_admin.show_jobs(rig.s)}
 
 
 def test_cancel_a_queued_job(rig: Rig) -> None:
     h = rig.submit(C1, b"f", b"u")
     rig.submit(C2, b"f", b"u")
-    assert rig.s.cancel_job(h)
+    assert shard_admin.cancel_job(rig.s, h)
     assert rig.packets(rig.drain()) == [(C1, WORK_FAIL, h), (C2, WORK_FAIL, h)]
-    assert rig.s.job_count() == 0 and rig.s.status() == [(b"f", 0, 0, 0)]
-    assert not rig.s.cancel_job(h)
+    assert rig.s.job_count() == 0 and shard_admin.status(rig.s) == [(b"f", 0, 0, 0)]
+    assert not shard_admin.cancel_job(rig.s, h)
     assert rig.submit(C1, b"f", b"u") != h
 
 
@@ -844,9 +845,9 @@ def test_cancel_a_running_job_lets_the_worker_finish_quietly(rig: Rig) -> None:
     rig.send(W1, CAN_DO, b"f")
     h = rig.submit(C1, b"f", b"u")
     rig.grab(W1)
-    assert rig.s.cancel_job(h)
+    assert shard_admin.cancel_job(rig.s, h)
     assert rig.packets(rig.drain()) == [(C1, WORK_FAIL, h)]
-    assert rig.s.show_jobs() == [(h, 0, 1, 0)]
+    assert shard_admin.show_jobs(rig.s) == [(h, 0, 1, 0)]
     assert rig.submit(C2, b"f", b"u") != h  # a cancelled job no longer coalesces
     assert rig.send(W1, WORK_DATA, h, b"x") == []
     assert rig.send(W1, WORK_COMPLETE, h, b"x") == []
@@ -855,20 +856,22 @@ def test_cancel_a_running_job_lets_the_worker_finish_quietly(rig: Rig) -> None:
 
 def test_cancel_an_epoch_job(rig: Rig) -> None:
     _, h = rig.one(C1, SUBMIT_JOB_EPOCH, b"f", b"", b"%d" % (rig.now + 9), b"x")
-    assert rig.s.cancel_job(h)
-    assert rig.s.status() == [(b"f", 0, 0, 0)]
+    assert shard_admin.cancel_job(rig.s, h)
+    assert shard_admin.status(rig.s) == [(b"f", 0, 0, 0)]
     assert rig.s.next_deadline() is None
 
 
 def test_drop_function(rig: Rig) -> None:
-    assert rig.s.drop_function(b"nope") == "missing"
+    assert shard_admin.drop_function(rig.s, b"nope") == "missing"
     rig.send(W1, CAN_DO, b"Busy")
-    assert rig.s.drop_function(b"busy") == "busy"  # case-insensitive, workers registered
+    assert (
+        shard_admin.drop_function(rig.s, b"busy") == "busy"
+    )  # case-insensitive, workers registered
     rig.send(W1, CANT_DO, b"Busy")
     h = rig.submit(C1, b"Busy")
-    assert rig.s.drop_function(b"BUSY") == "ok"
+    assert shard_admin.drop_function(rig.s, b"BUSY") == "ok"
     assert rig.packets(rig.drain()) == [(C1, WORK_FAIL, h)]  # queued jobs are failed, not leaked
-    assert rig.s.status() == [] and rig.s.job_count() == 0
+    assert shard_admin.status(rig.s) == [] and rig.s.job_count() == 0
 
 
 def test_drop_function_is_refused_while_jobs_run(rig: Rig) -> None:
@@ -882,7 +885,7 @@ def test_drop_function_is_refused_while_jobs_run(rig: Rig) -> None:
     rig.send(W3, CAN_DO, b"f")
     rig.grab(W3)
     rig.send(W3, RESET_ABILITIES)
-    assert rig.s.drop_function(b"f") == "ok"  # requeued, not running: ok
+    assert shard_admin.drop_function(rig.s, b"f") == "ok"  # requeued, not running: ok
 
 
 # ---------------------------------------------------------------- board
@@ -900,7 +903,7 @@ def test_board_counts_runnable_queued_jobs_per_slot_and_priority() -> None:
     assert board[slot : slot + 3] == [1, 1, 1]
     r.grab(W1)
     assert board[slot : slot + 3] == [0, 1, 1]
-    r.s.cancel_job(h)
+    shard_admin.cancel_job(r.s, h)
     assert board[slot : slot + 3] == [0, 0, 1]
     r.s.disconnect(W1, r.now)  # HIGH job requeued
     assert board[slot : slot + 3] == [1, 0, 1]
@@ -950,7 +953,7 @@ def test_only_background_jobs_are_stored_and_removed_when_done() -> None:
     hb = r.submit(C1, b"f", b"b", b"", SUBMIT_JOB_BG)
     hf = r.submit(C1, b"f", b"f")
     assert set(store.rows) == {hb}
-    assert sorted(r.s.show_jobs()) == sorted([(hb, 0, 0, 1), (hf, 0, 0, 0)])
+    assert sorted(shard_admin.show_jobs(r.s)) == sorted([(hb, 0, 0, 1), (hf, 0, 0, 0)])
     r.grab(W1)
     r.s.disconnect(W1, r.now)  # a requeue does not touch the store
     assert set(store.rows) == {hb}
@@ -969,17 +972,17 @@ def test_background_coalesced_onto_unstored_job_stores_it_once() -> None:
     assert r.submit(C2, b"f", b"u", b"", SUBMIT_JOB_BG) == h
     assert r.submit(C2, b"f", b"u", b"", SUBMIT_JOB_BG) == h
     assert list(store.rows) == [h]
-    r.s.cancel_job(h)
+    shard_admin.cancel_job(r.s, h)
     assert store.removed == [h]
 
 
 def test_add_recovered_replays_without_a_client_and_coalesces() -> None:
     r = Rig()
-    h = r.s.add_recovered(b"f", b"u", b"d", 0, 0, b"", r.now)
-    assert r.s.add_recovered(b"f", b"u", b"other", 2, 0, b"", r.now) == h
-    later = r.s.add_recovered(b"f", b"", b"e", 1, int(r.now) + 10, b"red", r.now)
-    assert r.s.show_jobs() == [(h, 0, 0, 1), (later, 0, 0, 1)]
-    assert r.s.priority_status() == [(b"f", 1, 1, 0, 0)]
+    h = recovery.add_recovered(r.s, b"f", b"u", b"d", 0, 0, b"", r.now)
+    assert recovery.add_recovered(r.s, b"f", b"u", b"other", 2, 0, b"", r.now) == h
+    later = recovery.add_recovered(r.s, b"f", b"", b"e", 1, int(r.now) + 10, b"red", r.now)
+    assert shard_admin.show_jobs(r.s) == [(h, 0, 0, 1), (later, 0, 0, 1)]
+    assert shard_admin.priority_status(r.s) == [(b"f", 1, 1, 0, 0)]
     assert r.submit(C1, b"f", b"u") == h
     assert r.s.next_deadline() == int(r.now) + 10
 
@@ -1029,7 +1032,7 @@ def test_a_shorter_timeout_after_a_longer_one_fires_first(rig: Rig) -> None:
     rig.grab(W1)
     assert rig.s.next_deadline() == rig.now + 1
     rig.s.tick(rig.now + 1)
-    assert [(h, r) for h, r, _, _ in rig.s.show_jobs() if r] == [(hf, 1)]
+    assert [(h, r) for h, r, _, _ in shard_admin.show_jobs(rig.s) if r] == [(hf, 1)]
     rig.s.tick(rig.now + 20)  # the stale 9 s entry does nothing
     assert rig.s.running_count() == 1 and rig.s.next_deadline() is None
 

@@ -11,7 +11,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardgear import routing
+from shardgear import recovery, routing, shard_admin
+from shardgear.invariants import check_invariants
 from shardgear.messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE
 from shardgear.scheduler import Job, Scheduler
 
@@ -159,14 +160,14 @@ def run(steps: list[tuple[Any, ...]], retries: int, wakeup: int) -> None:
             now += step[1]
             s.tick(now)
         elif kind == "cancel":
-            s.cancel_job(handles[step[1]])
+            shard_admin.cancel_job(s, handles[step[1]])
         elif kind == "drop_function":
-            assert s.drop_function(step[1]) in ("ok", "busy", "missing")
+            assert shard_admin.drop_function(s, step[1]) in ("ok", "busy", "missing")
         elif kind == "maxqueue":
-            s.maxqueue(step[1], (step[2], step[2], step[2]))
+            shard_admin.maxqueue(s, step[1], (step[2], step[2], step[2]))
         elif kind == "recover":
             _, f, u, p, dt = step
-            h = s.add_recovered(f, u, b"r", p, int(now) + dt, b"", now)
+            h = recovery.add_recovered(s, f, u, b"r", p, int(now) + dt, b"", now)
             for job in s.jobs():  # the replayed row is in the store already
                 if job.handle == h:
                     store.rows[id(job)] = job
@@ -180,17 +181,17 @@ def run(steps: list[tuple[Any, ...]], retries: int, wakeup: int) -> None:
         for job in s.jobs():
             assert job.worker is None or job.worker.conn in live, "held by a gone worker"
             assert set(job.clients) <= live
-        s.check_invariants()
+        check_invariants(s)
         assert set(store.rows) == {id(j) for j in s.jobs() if j.stored}
         assert s.job_count() == len(list(s.jobs()))
-        assert s.running_count() == sum(r[2] for r in s.status())
-        assert sum(r[1] for r in s.status()) == s.job_count()
+        assert s.running_count() == sum(r[2] for r in shard_admin.status(s))
+        assert sum(r[1] for r in shard_admin.status(s)) == s.job_count()
         deadline = s.next_deadline()
         assert deadline is None or deadline > now - 1e9
     # drain everything: every job must be reachable by some worker or a timer
     for i in range(len(FRONT_OF)):
         s.disconnect(cid(i), now)
-    s.check_invariants()
+    check_invariants(s)
     assert s.running_count() == 0
     assert all(j.background and not j.clients for j in s.jobs())
 

@@ -1,0 +1,132 @@
+"""A shard's side of the admin commands: what one shard answers about, or does to, its jobs.
+
+A front turns an admin text line (`shardgear.admin`) into orjson requests ``{"cmd": ...}`` to one
+or every shard; `answer` applies one to the shard's `Scheduler` and returns a JSON-able result
+that the front merges with the other shards' and formats as gearmand would. Function names,
+handles and uniques travel as latin-1 text (lossless for any bytes).
+
+Read-only queries take the scheduler's records as they are; the commands that change state
+(`cancel_job`, `drop_function`, `maxqueue`, `create_function`) go through the scheduler's job
+lifecycle methods so that its invariants hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardgear.jobs import FUTURE, QUEUED, RUNNING
+from shardgear.messages import json_bytes, json_text
+from shardgear.scheduler import Scheduler
+
+
+def answer(sched: Scheduler, request: dict[str, Any], log: Any = None) -> Any:
+    """Apply one admin request to `sched`; return its JSON-able result (None if unknown)."""
+    cmd = request.get("cmd")
+    if cmd == "status":
+        return [(json_text(f), *rest) for f, *rest in status(sched)]
+    if cmd == "priority_status":
+        return [(json_text(f), *rest) for f, *rest in priority_status(sched)]
+    if cmd == "show_jobs":
+        return [(json_text(h), *rest) for h, *rest in show_jobs(sched)]
+    if cmd == "show_unique_jobs":
+        return [json_text(u) for u in show_unique_jobs(sched)]
+    if cmd == "status_unique":
+        return sched.status_unique(json_bytes(request["unique"]))
+    if cmd == "cancel_job":
+        return cancel_job(sched, json_bytes(request["handle"]))
+    if cmd == "drop_function":
+        return drop_function(sched, json_bytes(request["func"]))
+    if cmd == "maxqueue":
+        high, normal, low = request["limits"]
+        maxqueue(sched, json_bytes(request["func"]), (int(high), int(normal), int(low)))
+        return True
+    if cmd == "create_function":
+        create_function(sched, json_bytes(request["func"]))
+        return True
+    if log is not None:
+        log(f"unknown admin request {cmd!r}")
+    return None
+
+
+# ---------------------------------------------------------------------------- read-only queries
+
+
+def status(sched: Scheduler) -> list[tuple[bytes, int, int, int]]:
+    """``status`` rows: (function, total = queued incl. future + running, running, workers)."""
+    return [(f.name, f.total, f.running, len(f.workers)) for f in sched.functions()]
+
+
+def priority_status(sched: Scheduler) -> list[tuple[bytes, int, int, int, int]]:
+    """``prioritystatus`` rows: (function, HIGH, NORMAL, LOW queued incl. future epoch jobs,
+    registered workers)."""
+    rows = []
+    for f in sched.functions():
+        r, u = f.ready, f.future
+        rows.append((f.name, r[0] + u[0], r[1] + u[1], r[2] + u[2], len(f.workers)))
+    return rows
+
+
+def show_jobs(sched: Scheduler) -> list[tuple[bytes, int, int, int]]:
+    """``show jobs`` rows: (handle, retries, ignored 0/1, persisted 0/1) of every job."""
+    return [(j.handle, j.retries, int(j.ignored), int(j.stored)) for j in sched.jobs()]
+
+
+def show_unique_jobs(sched: Scheduler) -> list[bytes]:
+    """``show unique jobs``: the unique of every job (empty for jobs without one)."""
+    return [j.unique for j in sched.jobs()]
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cancel_job(sched: Scheduler, handle: bytes) -> bool:
+    """``cancel job``: fail the job's clients (WORK_FAIL) and forget it; a running job's worker
+    carries on unheard and its WORK_* packets are accepted. False if there is no such job."""
+    job = sched.job(handle)
+    if job is None:
+        return False
+    sched._fail_clients(job)
+    sched._unindex(job)
+    job.cancelled = True
+    if job.stored:
+        sched._unstore(job)
+    journal = sched._journal
+    if job.state == RUNNING and journal is not None:
+        journal.done(job)  # it runs on unheard; a successor need not know it
+    if job.state != RUNNING:
+        if job.state == QUEUED:
+            sched._unqueue(job)
+        elif job.state == FUTURE:
+            job.fn.future[job.priority] -= 1
+        sched._forget(job)
+    return True
+
+
+def maxqueue(sched: Scheduler, func: bytes, limits: tuple[int, int, int]) -> None:
+    """``maxqueue``: set the per-priority queue limits of `func` (negative or 0 = unlimited); a
+    function that does not exist is left alone (gearmand)."""
+    f = sched.function(func)
+    if f is not None:
+        f.maxq = [max(0, int(x)) for x in limits[:3]]
+
+
+def create_function(sched: Scheduler, func: bytes) -> None:
+    """``create function``: make `func` known (listed by ``status``) with no jobs."""
+    sched._function(func)
+
+
+def drop_function(sched: Scheduler, func: bytes) -> str:
+    """``drop function`` (name matched case-insensitively, as gearmand): "ok", "busy" while
+    workers are registered or jobs run, "missing". Queued jobs are failed and unstored."""
+    low = func.lower()
+    for f in sched.functions():
+        if f.name.lower() == low:
+            break
+    else:
+        return "missing"
+    if f.workers or f.running:
+        return "busy"
+    for job in [j for j in sched.jobs() if j.fn is f]:
+        sched._drop(job)
+    sched._functions.pop(f.name, None)
+    return "ok"
