@@ -53,6 +53,17 @@ def _size(text: str) -> int:
     return value
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version and which build runs (compiled or pure Python), imported only
+    when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from shardgear.build_info import describe
+
+        print(f"shardgear {__version__} ({describe()})")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser (also used to document the flags)."""
     cpus = cpu_count()
@@ -178,7 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.lower,
         help="log level (default: warning)",
     )
-    p.add_argument("-V", "--version", action="version", version=f"shardgear {__version__}")
+    p.add_argument(
+        "-V",
+        "--version",
+        action=_VersionAction,
+        nargs=0,
+        help="print the version and build, then exit",
+    )
     return p
 
 

@@ -37,7 +37,7 @@ from contextlib import ExitStack
 
 import orjson
 
-from shardgear import __version__
+from shardgear import __version__, build_info
 from shardgear.child import EXIT_BOOT_ERROR
 from shardgear.config import Config
 from shardgear.instance import Instance, prefix_for_port
@@ -183,8 +183,9 @@ class Supervisor:
         self.ready = True
         where = self.config.listen or "*"
         log.warning(
-            "shardgear %s ready on %s:%d with %d fronts and %d shards (pid %d)",
+            "shardgear %s (%s) ready on %s:%d with %d fronts and %d shards (pid %d)",
             __version__,
+            build_info.describe(),
             where,
             self.config.port,
             self.config.fronts,

@@ -280,6 +280,12 @@ _LIVE: list[Server] = []
 # -- hooks ---------------------------------------------------------------------------------------
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    from shardgear.build_info import describe
+
+    return f"shardgear build: {describe()} (target: {TARGET})"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not IS_GEARMAND or os.environ.get("SHARDGEAR_TEST_RUN_SHARDGEAR_ONLY"):
         return
