@@ -44,7 +44,7 @@ COMPILED = [
     "shardgear/front.py",
     "shardgear/jobs.py",
     "shardgear/scheduler.py",
-    "shardgear/journal.py",
+    "shardgear/joblog.py",
     "shardgear/recovery.py",
     "shardgear/shard_admin.py",
     "shardgear/shard.py",

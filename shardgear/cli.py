@@ -149,31 +149,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--journal-size",
         type=_size,
-        default=64 * MIB,
+        default=None,
         metavar="BYTES",
-        help="each shard's shared-memory journal, from which a restarted shard recovers its "
-        "jobs (default: 64M; a job whose records exceed half of it is not journaled)",
+        help="ignored (kept so that existing command lines still work): the shared-memory "
+        "journal became the job log, which grows as needed",
     )
     p.add_argument("-b", "--backlog", type=_positive, default=1024, help="listen() backlog")
     p.add_argument(
         "--store",
-        choices=("sqlite", "none"),
-        default="sqlite",
-        help="where background jobs are kept so that they survive a restart: sqlite (a file in "
-        "--state-dir, the default) or none",
+        choices=("log", "none", "sqlite"),
+        default="log",
+        help="log (the default): each shard's job log lives in --state-dir, so background jobs "
+        "survive a restart; none: in /dev/shm, for shard crashes only. sqlite: the former "
+        "store, now the same as log (an existing sqlite store is imported at start)",
     )
     p.add_argument(
         "--state-dir",
         default=None,
         metavar="DIR",
-        help=f"directory of the job store (default: {default_state_dir()})",
+        help=f"directory of the job logs (default: {default_state_dir()})",
     )
     p.add_argument(
         "--store-sync",
         choices=("normal", "full"),
         default="normal",
         help="normal: a stored job survives a crash of any shardgear process; full: also a "
-        "power loss, at a cost per batch (default: normal)",
+        "power loss, at an fdatasync per loop turn that stores jobs (default: normal)",
     )
     p.add_argument(
         "--graceful-timeout",
@@ -209,8 +210,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
         parser.error("argument --job-retries: at most 255")
     if a.ring_size < 64 * 1024:
         parser.error("argument --ring-size: at least 64K")
-    if a.journal_size < 64 * 1024:
-        parser.error("argument --journal-size: at least 64K")
+    if a.journal_size is not None:
+        print("shardgear: --journal-size is ignored: the job log grows as needed", file=sys.stderr)
     kwargs = dict(
         listen=a.listen,
         port=a.port,
@@ -222,11 +223,10 @@ def parse_config(argv: list[str] | None = None) -> Config:
         max_packet_size=a.max_packet_size,
         max_output_buffer=a.max_output_buffer or 0,
         ring_size=a.ring_size,
-        journal_size=a.journal_size,
         backlog=a.backlog,
         graceful_timeout=a.graceful_timeout,
         log_level=a.log_level,
-        store=a.store,
+        store="none" if a.store == "none" else "log",
         store_sync=a.store_sync,
     )
     if a.state_dir is not None:

@@ -60,20 +60,27 @@ class Config:
     max_packet_size: int = 256 * MIB
     max_output_buffer: int = 0  # per connection; 0 = max_packet_size + 16 MiB
     ring_size: int = 1 * MIB
-    journal_size: int = 64 * MIB  # each shard's journal segment (two halves)
     backlog: int = 1024
     graceful_timeout: float = 30.0
     log_level: str = "warning"
-    store: str = "sqlite"  # "sqlite" or "none"
+    store: str = "log"  # "log" (job logs in state_dir) or "none" (in /dev/shm, crashes only)
     state_dir: str = dataclasses.field(default_factory=default_state_dir)
     store_sync: str = (
         "normal"  # sqlite synchronous: "normal" (process crash) or "full" (power loss)
     )
 
     @property
-    def store_path(self) -> str:
-        """The store's file: one per port, so servers on different ports never share jobs."""
+    def legacy_store_path(self) -> str:
+        """The sqlite store of shardgear before the job log (imported once at start)."""
         return os.path.join(self.state_dir, f"jobs.{self.port}.sqlite3")
+
+    def job_log_path(self, shard: int, supervisor_pid: int) -> str:
+        """Shard `shard`'s job log: in the state directory (one set per port, so servers on
+        different ports never share jobs), or with ``store="none"`` in /dev/shm under this
+        run's shared-memory names (removed when the server stops)."""
+        if self.store == "none":
+            return f"/dev/shm/shardgear.{self.port}.{supervisor_pid}.log{shard}"
+        return os.path.join(self.state_dir, f"jobs.{self.port}.shard{shard}.log")
 
     @property
     def output_limit(self) -> int:

@@ -39,10 +39,6 @@ class Instance:
         """Shard `shard`'s board of runnable-job counters."""
         return f"{self.prefix}.board{shard}"
 
-    def journal(self, shard: int) -> str:
-        """Shard `shard`'s journal of job records (read by its successor after a crash)."""
-        return f"{self.prefix}.journal{shard}"
-
     @property
     def control(self) -> str:
         """The control block: one slot per child (heartbeat, pid, state, running jobs)."""
@@ -52,7 +48,6 @@ class Instance:
         names = [self.control]
         for s in range(self.shards):
             names.append(self.board(s))
-            names.append(self.journal(s))
             for f in range(self.fronts):
                 names += [self.to_shard(f, s), self.to_front(s, f)]
         return names

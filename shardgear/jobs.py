@@ -1,13 +1,12 @@
-"""Record classes of the job core: jobs, functions, workers, and the persistence and journal hooks.
+"""Record classes of the job core: jobs, functions, workers, and the job log's hooks.
 
 These are plain slotted records with no behaviour; `shardgear.scheduler.Scheduler` owns and mutates
-them. Everything here is read-only for anyone else (a `JobStore`, admin code, tests).
+them. Everything here is read-only for anyone else (the job log, admin code, tests).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
 # Job.state
@@ -89,7 +88,7 @@ class Job:
         self.retries = 0
         self.num = 0
         self.den = 0
-        self.stored = False  # JobStore.add succeeded and remove has not been called yet
+        self.stored = False  # durable: a background job the next run recovers from the log
         self.cancelled = False
         self.state = GONE
         self.ukind = UK_NONE
@@ -186,23 +185,10 @@ class Worker:
         return f"Worker({self.conn:#x})"
 
 
-class JobStore(Protocol):
-    """Optional persistence hook, called synchronously from the scheduler.
-
-    `add` is called for every background job before JOB_CREATED is sent (and for a background
-    submission that coalesces onto a job not stored yet); returning False refuses the submission
-    with ERROR QUEUE_ERROR and the job is not created. `remove` is called once when a stored job
-    completes, fails, is cancelled, dropped by the retry limit or dropped with its function.
-    """
-
-    def add(self, job: Job) -> bool: ...
-
-    def remove(self, job: Job) -> None: ...
-
-
-class JobJournal(Protocol):
-    """Optional crash-recovery hook (`shardgear.journal.Journal`), called synchronously from the
-    scheduler after each change of a job's state; it never refuses anything."""
+class JobLogHooks(Protocol):
+    """The job log (`shardgear.joblog.JobLog`), called synchronously from the scheduler after
+    each change of a job's state; it never refuses anything (a write that fails later is the
+    shard's to handle). A job with ``stored`` set is durable: the next run recovers it."""
 
     def new(self, job: Job, client: int) -> None: ...
 
@@ -217,7 +203,3 @@ class JobJournal(Protocol):
     def requeue(self, job: Job) -> None: ...
 
     def done(self, job: Job) -> None: ...
-
-    def bind(self, source: Callable[[], tuple[int, Iterable[Job]]]) -> None: ...
-
-    def snapshot(self, *, pending: bool = False) -> None: ...

@@ -1,14 +1,22 @@
-"""Crash recovery of a shard's job core: rebuilding a `Scheduler` from its predecessor's journal.
+"""Recovery of a shard's job core from its job log (`shardgear.joblog`).
 
-A shard killed by anything is restarted by the supervisor, and the new shard calls `recover` with
-the records its predecessor journaled (`shardgear.journal`) to re-create every job with its handle,
-queue position, attached clients and holding worker; `front_synced` then requeues recovered
-running jobs whose worker did not register again. `add_recovered` re-creates a stored background
-job on a cold start (store replay). `start_journal` hands the scheduler a journal, starting with a
-snapshot. See ARCHITECTURE.md, "Shard crash".
+A shard starts by reading its log and rebuilding its `Scheduler` from the records, in one of two
+ways (ARCHITECTURE.md, "Shard crash" and "The job log"):
 
-These functions work on the scheduler's internals through its lifecycle methods (`_insert`,
-`_enqueue`, `_requeue`...), so the scheduler's invariants hold when they return.
+* `recover`: its predecessor in the same run died (a crash, SIGKILL included). Every job comes
+  back with its handle, queue position, attached foreground clients and holding worker; the
+  fronts kept their connections open, so those clients and workers are still there. A recovered
+  running job's worker is registered for nothing until its front re-sends CAN_DO; `front_synced`
+  then requeues the jobs whose worker did not register their function again.
+* `recover_cold`: the log was written by an earlier run of the server. Its connections are gone,
+  so only durable (stored background) jobs come back: queued, with their handles, retries and
+  epoch times; a job that was running is queued again.
+
+Then `start_log` hands the scheduler its log, which begins a fresh file with a snapshot.
+
+These functions work on the scheduler's internals through its lifecycle methods (`_enqueue`,
+`_requeue`, `_attach`...), so the scheduler's invariants hold when they return. They never raise
+for any records: records that make no sense are ignored.
 """
 
 from __future__ import annotations
@@ -16,21 +24,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 
-from shardgear.jobs import (
-    FUTURE,
-    QUEUED,
-    RUNNING,
-    UK_PAYLOAD,
-    UK_UNIQUE,
-    Job,
-    JobJournal,
-    Worker,
-    add_client,
-)
-from shardgear.journal import NewRecord, Record
-from shardgear.messages import front_of
-from shardgear.scheduler import HIGH, LOW, MAX_UNIQUE, NORMAL, Scheduler
-from shardgear.shm.layout import (
+from shardgear.joblog import (
     JF_BACKGROUND,
     JF_STORED,
     JR_ASSIGN,
@@ -40,11 +34,27 @@ from shardgear.shm.layout import (
     JR_DONE,
     JR_FLAGS,
     JR_REQUEUE,
+    JobLog,
+    NewRecord,
+    Record,
 )
+from shardgear.jobs import (
+    FUTURE,
+    QUEUED,
+    RUNNING,
+    UK_PAYLOAD,
+    UK_UNIQUE,
+    Function,
+    Job,
+    Worker,
+    add_client,
+)
+from shardgear.messages import front_of
+from shardgear.scheduler import MAX_UNIQUE, Scheduler
 
 
-class _Rec:
-    """A job being rebuilt by `recover`."""
+class LiveJob:
+    """A job rebuilt from its log records: its JR_NEW record and what later records changed."""
 
     __slots__ = ("clients", "flags", "new", "order", "retries", "worker")
 
@@ -59,50 +69,22 @@ class _Rec:
         self.flags = flags
 
 
-def _order(e: _Rec) -> int:
+def _order(e: LiveJob) -> int:
     return e.order
 
 
-def add_recovered(
-    sched: Scheduler,
-    func: bytes,
-    unique: bytes,
-    data: bytes,
-    priority: int,
-    when: int,
-    reducer: bytes,
-    now: float,
-) -> bytes:
-    """Add a stored background job with no client (store replay) and return its handle.
-    Coalesces by unique like a submission; the job counts as persisted."""
-    f = sched._function(func)
-    old = sched._lookup(f, unique, data)
-    if old is not None:
-        old.background = True
-        old.stored = True
-        if sched._journal is not None:
-            sched._journal.flags(old)
-        return old.handle
-    prio = priority if priority in (HIGH, NORMAL, LOW) else NORMAL
-    n = sched._next_n
-    job = Job(sched._new_handle(), f, unique, data, prio, when, reducer, True)
-    job.n = n
-    job.stored = True
-    sched._insert(job, when, now)
-    if sched._journal is not None:
-        sched._journal.new(job, 0)
-    return job.handle
+def start_log(
+    sched: Scheduler, joblog: JobLog, run_id: int, shard_index: int, shard_count: int
+) -> bool:
+    """Log every change from now on, beginning a fresh file with a snapshot of the current state.
+    False if the file could not be written (the log retries; background jobs are refused)."""
+    sched._joblog = joblog
+    return joblog.start(run_id, shard_index, shard_count, lambda: snapshot_source(sched))
 
 
-def start_journal(sched: Scheduler, journal: JobJournal) -> None:
-    """Journal every change from now on, starting with a snapshot of the current state."""
-    sched._journal = journal
-    journal.bind(lambda: _journal_snapshot(sched))
-    journal.snapshot()
-
-
-def _journal_snapshot(sched: Scheduler) -> tuple[int, list[Job]]:
-    """(next handle number, live jobs): queued ones in queue order first."""
+def snapshot_source(sched: Scheduler) -> tuple[int, list[Job]]:
+    """(next handle number, live jobs): queued ones in queue order first (what a snapshot of
+    the job log holds; a cancelled job still running is left out)."""
     jobs: list[Job] = []
     for f in sched._functions.values():
         for q in f.queues:
@@ -111,35 +93,32 @@ def _journal_snapshot(sched: Scheduler) -> tuple[int, list[Job]]:
     return sched._next_n, jobs
 
 
-def recover(sched: Scheduler, records: Iterable[Record], now: float) -> list[Job]:
-    """Re-create the jobs of a dead predecessor from its journal records (in log order);
-    return them. Call on a fresh scheduler, before any packet.
-
-    Queued jobs keep their queue order (the order of the records that last queued them) and
-    handles; foreground clients are re-attached; a running job is held again by its worker
-    connection, which is registered for nothing until its front re-sends CAN_DO (see
-    `front_synced`); epoch jobs wait for their time again; the handle counter continues
-    after every handle ever journaled. A queued foreground job with no client left is not
-    re-created. Never raises for any records: ones that make no sense are ignored."""
-    S = sched.shard_count
-    nxt = sched._next_n
-    live: dict[int, _Rec] = {}
+def fold(
+    records: Iterable[Record], shard_index: int, shard_count: int, base_n: int
+) -> tuple[list[LiveJob], int]:
+    """Apply log records in order: the live jobs of shard `shard_index` of `shard_count`, in the
+    order they were last queued, and the next handle number (one of the shard's numbers from
+    `base_n` on, past every handle ever logged). Records that make no sense are ignored."""
+    S = shard_count
+    base = base_n
+    nxt = base
+    live: dict[int, LiveJob] = {}
     seq = 0
     for r in records:
         if isinstance(r, NewRecord):
             n = r.n
-            if n <= 0 or (n - 1) % S != sched.shard_index or len(r.unique) > MAX_UNIQUE:
+            if n <= 0 or (n - 1) % S != shard_index or len(r.unique) > MAX_UNIQUE:
                 continue
             seq += 1
-            live[n] = _Rec(r, [r.client] if r.client else [], 0, r.retries, seq, r.flags)
+            live[n] = LiveJob(r, [r.client] if r.client else [], 0, r.retries, seq, r.flags)
             if n + S > nxt:
                 nxt = n + S
             continue
         kind, n, arg = r
         if kind == JR_COUNTER:
             if n > nxt:
-                k = -(-(n - sched._next_n) // S)  # round up to one of our numbers
-                nxt = sched._next_n + k * S
+                k = -(-(n - base) // S)  # round up to one of our numbers
+                nxt = base + k * S
             continue
         e = live.get(n)
         if e is None:
@@ -159,29 +138,27 @@ def recover(sched: Scheduler, records: Iterable[Record], now: float) -> list[Job
             del live[n]
         elif kind == JR_FLAGS:
             e.flags |= arg
+    return sorted(live.values(), key=_order), nxt
+
+
+def recover(sched: Scheduler, records: Iterable[Record], now: float) -> list[Job]:
+    """Re-create the jobs of a dead predecessor of this run from its log records; return them.
+    Call on a fresh scheduler, before any packet.
+
+    Queued jobs keep their queue order (the order of the records that last queued them) and
+    handles; foreground clients are re-attached; a running job is held again by its worker
+    connection, which is registered for nothing until its front re-sends CAN_DO (see
+    `front_synced`); epoch jobs wait for their time again; the handle counter continues after
+    every handle ever logged. A queued foreground job with no client left is not re-created."""
+    recs, nxt = fold(records, sched.shard_index, sched.shard_count, sched._next_n)
     out: list[Job] = []
-    for e in sorted(live.values(), key=_order):
-        r = e.new
+    for e in recs:
         bg = bool(e.flags & JF_BACKGROUND)
         if not e.worker and not bg and not e.clients:
             continue
-        handle = sched._prefix + b"%d" % r.n
-        if handle in sched._jobs:
+        job = _job(sched, e, bg)
+        if job is None:
             continue
-        f = sched._function(r.func)
-        job = Job(handle, f, r.unique, r.data, r.priority, r.when, r.reducer, bg)
-        job.n = r.n
-        job.retries = e.retries
-        job.stored = bool(e.flags & JF_STORED)
-        sched._jobs[handle] = job
-        if r.unique and sched._lookup(f, r.unique, r.data) is None:
-            if r.unique == b"-":
-                if r.data:
-                    f.payloads[r.data] = job
-                    job.ukind = UK_PAYLOAD
-            else:
-                f.uniques[r.unique] = job
-                job.ukind = UK_UNIQUE
         for c in e.clients:
             add_client(job, c)
             sched._attach(c, job)
@@ -194,18 +171,69 @@ def recover(sched: Scheduler, records: Iterable[Record], now: float) -> list[Job
             job.state = RUNNING
             job.worker = w
             w.jobs[job] = None
-            f.running += 1
+            job.fn.running += 1
             sched._running += 1
-        elif r.when > now:
-            job.state = FUTURE
-            f.future[job.priority] += 1
-            sched._seq += 1
-            heapq.heappush(sched._epochs, (float(r.when), sched._seq, job))
         else:
-            sched._enqueue(job)
+            _queue(sched, job, now)
         out.append(job)
     sched._next_n = max(sched._next_n, nxt)
     return out
+
+
+def recover_cold(sched: Scheduler, records: Iterable[Record], now: float) -> list[Job]:
+    """Re-create the durable background jobs of an earlier run from its log records; return
+    them. Call on a fresh scheduler, before any packet.
+
+    Only jobs stored as background come back (foreground jobs died with their clients), with
+    their handles, retry counts and epoch times, queued in the order they were last queued; a
+    job that was running goes back to its queue."""
+    recs, nxt = fold(records, sched.shard_index, sched.shard_count, sched._next_n)
+    out: list[Job] = []
+    for e in recs:
+        if e.flags & (JF_BACKGROUND | JF_STORED) != JF_BACKGROUND | JF_STORED:
+            continue
+        job = _job(sched, e, True)
+        if job is None:
+            continue
+        job.stored = True
+        _queue(sched, job, now)
+        out.append(job)
+    sched._next_n = max(sched._next_n, nxt)
+    return out
+
+
+def _job(sched: Scheduler, e: LiveJob, bg: bool) -> Job | None:
+    """A job for `e`, indexed by handle and unique (None if its handle is taken)."""
+    r = e.new
+    handle = sched._prefix + b"%d" % r.n
+    if handle in sched._jobs:
+        return None
+    f: Function = sched._function(r.func)
+    job = Job(handle, f, r.unique, r.data, r.priority, r.when, r.reducer, bg)
+    job.n = r.n
+    job.retries = e.retries
+    job.stored = bool(e.flags & JF_STORED)
+    sched._jobs[handle] = job
+    if r.unique and sched._lookup(f, r.unique, r.data) is None:
+        if r.unique == b"-":
+            if r.data:
+                f.payloads[r.data] = job
+                job.ukind = UK_PAYLOAD
+        else:
+            f.uniques[r.unique] = job
+            job.ukind = UK_UNIQUE
+    return job
+
+
+def _queue(sched: Scheduler, job: Job, now: float) -> None:
+    """Queue a recovered job, or hold it until its epoch time."""
+    if job.when > now:
+        job.state = FUTURE
+        job.fn.future[job.priority] += 1
+        sched._seq += 1
+        heapq.heappush(sched._epochs, (float(job.when), sched._seq, job))
+    else:
+        sched._enqueue(job)
 
 
 def front_synced(sched: Scheduler, front: int, now: float) -> None:

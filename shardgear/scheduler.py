@@ -50,8 +50,8 @@ gearmand 2.0 semantics, and where shardgear deliberately differs (spec: gearman-
 * ``job_retries`` N > 0 means N attempts in total; 0 means unlimited (gearmand <= 2.0).
 * The board is zeroed when the scheduler is created; `shardgear.recovery.recover` refills it from a
   dead shard's journal (ARCHITECTURE.md, "Shard crash").
-* A failed JobStore.add answers ERROR QUEUE_ERROR "Persistent store failed: could not save the job"
-  (gearmand's text is the bare error name).
+* A background job the job log could not write is refused by the shard with ERROR QUEUE_ERROR
+  "Persistent store failed: could not save the job" (gearmand's text is the bare error name).
 * As in gearmand: a connection that joins the same job twice in the foreground is attached twice
   and gets every WORK_* packet twice; GET_STATUS_UNIQUE answered here covers this shard only (with
   several shards the front gathers `status_unique` from each).
@@ -82,8 +82,7 @@ from .jobs import (
     UK_UNIQUE,
     Function,
     Job,
-    JobJournal,
-    JobStore,
+    JobLogHooks,
     Worker,
     add_client,
 )
@@ -91,7 +90,7 @@ from .messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE, front_of
 from .proto.numbers import atou32, strtoll
 from .proto.packets import RES_MAGIC, PacketType, error_packet, response
 
-__all__ = ["Job", "JobJournal", "JobStore", "Scheduler"]
+__all__ = ["ERR_STORE", "Job", "JobLogHooks", "Scheduler"]
 
 # Gearman packet types as plain ints (an IntEnum member lookup costs ~74 ns on the hot path).
 CAN_DO: Final = int(PacketType.CAN_DO)
@@ -151,7 +150,7 @@ _error = error_packet
 _NO_JOB: Final = _res(NO_JOB)
 _ERR_UNIQUE: Final = _error(b"ARGUMENT_TOO_LARGE", b"Unique value too large")
 _ERR_QUEUE_FULL: Final = _error(b"QUEUE_ERROR", b"Job queue is full")
-_ERR_STORE: Final = _error(b"QUEUE_ERROR", b"Persistent store failed: could not save the job")
+ERR_STORE: Final = _error(b"QUEUE_ERROR", b"Persistent store failed: could not save the job")
 _ERR_NOT_EXPECTED: Final = _error(b"INVALID_COMMAND", b"Command not expected")
 _ERR_NO_JOB_DATA: Final = _error(b"JOB_NOT_FOUND", b"Job does not exist on server")
 _ERR_NO_JOB_RESULT: Final = _error(b"JOB_NOT_FOUND", b"Job given in work result not found")
@@ -186,7 +185,7 @@ class Scheduler:
         job_retries: int = 0,
         worker_wakeup: int = 0,
         board: MutableSequence[int] | memoryview | None = None,
-        store: JobStore | None = None,
+        durable: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
         if not 0 <= shard_index < shard_count:
@@ -206,8 +205,8 @@ class Scheduler:
         if self._board is not None:
             for i in range(len(self._board)):
                 self._board[i] = 0
-        self._store = store
-        self._journal: JobJournal | None = None
+        self._durable = durable  # background jobs are stored (recovered by the next run)
+        self._joblog: JobLogHooks | None = None  # set by recovery.start_log
         self._recovered: dict[int, Worker] = {}  # recovered workers not re-registered yet
         self._log = log
         self._functions: dict[bytes, Function] = {}
@@ -281,7 +280,7 @@ class Scheduler:
                 self._requeue(job)
         jobs = self._clients.pop(conn, None)
         if jobs is not None:
-            jr = self._journal
+            jr = self._joblog
             for job in jobs:
                 job.clients = [c for c in job.clients if c != conn]
                 if jr is not None:
@@ -435,19 +434,15 @@ class Scheduler:
         if job is not None:  # coalesce
             if bg:
                 if not job.background:
-                    if self._store is not None and not job.stored:
-                        if not self._store.add(job):
-                            out.append((OP_SEND, conn, _ERR_STORE))
-                            return
-                        job.stored = True
                     job.background = True
-                    if self._journal is not None:
-                        self._journal.flags(job)
+                    job.stored = self._durable
+                    if self._joblog is not None:
+                        self._joblog.flags(job)
             else:
                 add_client(job, conn)
                 self._attach(conn, job)
-                if self._journal is not None:
-                    self._journal.attach(job, conn)
+                if self._joblog is not None:
+                    self._joblog.attach(job, conn)
             handle = job.handle
             out.append((OP_SEND, conn, _RES + _pack(JOB_CREATED, len(handle)) + handle))
             return
@@ -460,19 +455,15 @@ class Scheduler:
         job = Job(handle, f, unique, data, prio, when, reducer, bg)
         job.n = n
         if bg:
-            if self._store is not None:
-                if not self._store.add(job):
-                    out.append((OP_SEND, conn, _ERR_STORE))
-                    return
-                job.stored = True
+            job.stored = self._durable
         else:
             add_client(job, conn)
             self._attach(conn, job)
         self._next_n = n + self.shard_count
         out.append((OP_SEND, conn, _RES + _pack(JOB_CREATED, len(handle)) + handle))
         self._insert(job, when, now)
-        if self._journal is not None:
-            self._journal.new(job, 0 if bg else conn)
+        if self._joblog is not None:
+            self._joblog.new(job, 0 if bg else conn)
 
     def _attach(self, conn: int, job: Job) -> None:
         d = self._clients.get(conn)
@@ -694,8 +685,8 @@ class Scheduler:
         w.jobs[job] = None
         chosen.running += 1
         self._running += 1
-        if self._journal is not None:
-            self._journal.assign(job, conn)
+        if self._joblog is not None:
+            self._joblog.assign(job, conn)
         if timeout > 0:
             at = now + (timeout if timeout > 1000 else 1000) / 1000.0
             w.timer_at = at
@@ -850,8 +841,8 @@ class Scheduler:
         job.num = 0
         job.den = 0
         self._enqueue(job)
-        if self._journal is not None:
-            self._journal.requeue(job)
+        if self._joblog is not None:
+            self._joblog.requeue(job)
 
     def _finish(self, job: Job) -> None:
         """A held job completed, failed or raised."""
@@ -896,9 +887,7 @@ class Scheduler:
         self._forget(job)
 
     def _unstore(self, job: Job) -> None:
-        job.stored = False
-        if self._store is not None:
-            self._store.remove(job)
+        job.stored = False  # its DONE record (`_forget`) takes it out of the log
 
     def _unindex(self, job: Job) -> None:
         k = job.ukind
@@ -927,5 +916,5 @@ class Scheduler:
             self._unindex(job)
         if job.clients:
             self._detach_all(job)
-        if self._journal is not None:
-            self._journal.done(job)
+        if self._joblog is not None:
+            self._joblog.done(job)

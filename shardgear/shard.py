@@ -13,13 +13,13 @@ number; the first packet the scheduler sends back to that connection while handl
 reply, and goes out as OP_REPLY with the same sequence number so the front can keep replies in
 request order.
 
-Crash recovery (ARCHITECTURE.md, "Shard crash"): every change of a job's state goes into the
-shard's journal (`shardgear.journal`), a shared-memory segment that outlives the process. At
-start a shard whose journal has been written before recovers its predecessor's jobs from it
-(`recover`); only a cold start (a fresh journal) replays the store. Each turn publishes the
-journal twice: before the turn's messages go into the rings (so no JOB_CREATED precedes its job's
-record) and, for job assignments and ends, after (so the journal never claims a JOB_ASSIGN or a
-WORK_COMPLETE was sent that is not on its way).
+Recovery (ARCHITECTURE.md, "Shard crash" and "The job log"): every change of a job's state goes
+into the shard's job log (`shardgear.joblog`), a file that outlives the process. At start a shard
+reads it: if this run wrote it, the shard's predecessor died and every job is recovered; if an
+earlier run did, its durable background jobs are. Each turn writes the log before the turn's
+messages go into the rings (so no JOB_CREATED precedes its job's record), and job assignments and
+ends only once the messages that announce them are in the rings (so the log never claims a
+JOB_ASSIGN or a WORK_COMPLETE was sent that is not on its way).
 """
 
 from __future__ import annotations
@@ -30,23 +30,20 @@ import select
 import signal
 import struct
 import time
-from collections import deque
 
 import orjson
 
-from shardgear import messages, recovery, routing, shard_admin
+from shardgear import messages, recovery, shard_admin
 from shardgear.config import Config
 from shardgear.instance import Instance
-from shardgear.jobs import Job
-from shardgear.journal import Journal, JournalError
+from shardgear.joblog import JobLog, read_log
 from shardgear.messages import HEADER
-from shardgear.proto.packets import NO_JOB_PACKET, PacketType, error_packet
-from shardgear.scheduler import Scheduler
+from shardgear.proto.packets import NO_JOB_PACKET, PacketType
+from shardgear.scheduler import ERR_STORE, Scheduler
 from shardgear.shm import layout
 from shardgear.shm.channel import Receiver, Sender
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
-from shardgear.store import SqliteStore, StoreError
 
 log = logging.getLogger("shardgear.shard")
 
@@ -98,18 +95,11 @@ class Shard:
         self.board = layout.board_view(board_seg.buf)
         for i in range(len(self.board)):
             self.board[i] = 0  # a restarted shard starts from an empty queue
-        journal_seg = self._attach(instance.journal(index))
-        try:
-            self.journal = Journal(journal_seg.buf, log=log.error)
-        except JournalError as exc:
-            log.error("journal unreadable (%s): starting it afresh; jobs not stored are lost", exc)
-            Journal.initialize(journal_seg.buf)
-            self.journal = Journal(journal_seg.buf, log=log.error)
-        self.store: SqliteStore | None = None
-        if config.store == "sqlite":
-            self.store = SqliteStore(
-                config.store_path, synchronous=config.store_sync, log=log.error
-            )
+        self.joblog = JobLog(
+            config.job_log_path(index, instance.supervisor_pid),
+            sync=config.store_sync == "full",
+            log=log.error,
+        )
         self.scheduler = self._new_scheduler()
         self.running = True
         self.draining = False
@@ -126,7 +116,7 @@ class Shard:
             job_retries=config.job_retries,
             worker_wakeup=config.worker_wakeup,
             board=self.board,
-            store=self.store,
+            durable=self.config.store != "none",
             log=log.warning,
         )
 
@@ -135,124 +125,70 @@ class Shard:
         self.segments.append(seg)
         return seg
 
-    def start(self) -> None:
-        """Take over the jobs of a dead predecessor from the journal, or (a cold start: the
-        journal is fresh) replay the store; then journal everything from a snapshot on."""
-        journal = self.journal
-        if not journal.fresh:
-            try:
-                self.recover()
-            except Exception:  # a bug must not become a crash loop: fall back to the store
-                log.exception("journal recovery failed; replaying the store instead")
-                self.scheduler = self._new_scheduler()
-                self.replay()
-        else:
-            self.replay()
-        recovery.start_journal(self.scheduler, journal)
-        if self.store is not None:
-            self.store.commit()
-
-    def recover(self) -> int:
-        """Re-create the jobs recorded in the journal of the shard that died; return how many."""
-        records = self.journal.read()
-        jobs = recovery.recover(self.scheduler, records, time.time())
-        running = sum(1 for job in jobs if job.worker is not None)
-        log.warning(
-            "recovered %d jobs (%d of them running) from the journal of the shard that died",
-            len(jobs),
-            running,
-        )
-        if self.store is not None:
-            self._adopt_rows(jobs)
-        return len(jobs)
-
-    def _adopt_rows(self, jobs: list[Job]) -> None:
-        """Map the recovered stored jobs to their store rows (`SqliteStore.adopt`) by content, in
-        submission order; re-create jobs from rows that no journaled job claims (a row committed
-        just before the journal was published), as a store replay would."""
-        store = self.store
-        assert store is not None
-        shards, index = self.config.shards, self.index
+    def start(self, run_id: int) -> None:
+        """Recover the jobs in our job log (a dead predecessor's, all of them, if it was written
+        in this run `run_id`; else an earlier run's durable background jobs), then begin a fresh
+        log with a snapshot. A log that cannot be read or makes recovery fail starts us empty,
+        with an error: a bug must not become a crash loop."""
+        path = self.joblog.path
         try:
-            rows = store.load(lambda func: routing.shard_for(func, shards) == index)
-        except StoreError as exc:
-            log.error("stored jobs not matched to the journal: %s", exc)
-            return
-        by_key: dict[tuple[bytes, bytes, int, bytes, int, bytes], deque[int]] = {}
-        for row in rows:
-            key = (row.func, row.unique, row.priority, row.data, row.when, row.reducer)
-            by_key.setdefault(key, deque()).append(row.id)
-        for job in sorted(jobs, key=_handle_number):
-            if not job.stored:
-                continue
-            ids = by_key.get((job.func, job.unique, job.priority, job.data, job.when, job.reducer))
-            if ids:
-                store.adopt(job.handle, ids.popleft())
-            else:
-                job.stored = False  # its row is gone (the job ended as the shard died)
-        now = time.time()
-        sched = self.scheduler
-        extra = 0
-        for row in rows:
-            ids = by_key[(row.func, row.unique, row.priority, row.data, row.when, row.reducer)]
-            if ids and ids[0] == row.id:
-                ids.popleft()
-                handle = recovery.add_recovered(
-                    sched, row.func, row.unique, row.data, row.priority, row.when, row.reducer, now
+            contents = read_log(path)
+        except OSError as exc:
+            log.error("job log %s unreadable (%s): starting without its jobs", path, exc)
+            contents = None
+        if contents is not None:
+            if contents.skipped:
+                log.error(
+                    "job log %s: skipped %d corrupt or torn region(s); their jobs are not "
+                    "recovered",
+                    path,
+                    contents.skipped,
                 )
-                store.adopt(handle, row.id)
-                extra += 1
-        if extra:
-            log.warning("replayed %d stored background jobs missing from the journal", extra)
-
-    def replay(self) -> int:
-        """Re-create the stored background jobs this shard owns; return how many."""
-        store = self.store
-        if store is None:
-            return 0
-        shards, index = self.config.shards, self.index
-        try:
-            rows = store.load(lambda func: routing.shard_for(func, shards) == index)
-        except StoreError as exc:
-            log.error("stored jobs not replayed: %s", exc)
-            return 0
-        now = time.time()
-        sched = self.scheduler
-        for row in rows:
-            handle = recovery.add_recovered(
-                sched, row.func, row.unique, row.data, row.priority, row.when, row.reducer, now
-            )
-            store.adopt(handle, row.id)  # a duplicate that coalesced is deleted here
-        store.commit()
-        if rows:
-            log.warning("replayed %d stored background jobs", len(rows))
-        return len(rows)
+            same_run = contents.run_id == run_id
+            try:
+                if same_run:
+                    jobs = recovery.recover(self.scheduler, contents.records, time.time())
+                    log.warning(
+                        "recovered %d jobs (%d of them running) from the log of the shard "
+                        "that died",
+                        len(jobs),
+                        sum(1 for job in jobs if job.worker is not None),
+                    )
+                else:
+                    jobs = recovery.recover_cold(self.scheduler, contents.records, time.time())
+                    if jobs:
+                        log.warning("recovered %d stored background jobs", len(jobs))
+            except Exception:
+                log.exception("recovery from job log %s failed: starting empty", path)
+                self.scheduler = self._new_scheduler()
+        if not recovery.start_log(
+            self.scheduler, self.joblog, run_id, self.index, self.config.shards
+        ):
+            log.error("job log %s cannot be written: background jobs are refused", path)
 
     def commit(self) -> None:
-        """Make this turn's background jobs durable before any JOB_CREATED for them goes out.
+        """Write this turn's records to the job log before any reply for them leaves.
 
-        If the store fails, the jobs it could not keep are cancelled and their submitters get
-        ERROR QUEUE_ERROR instead of JOB_CREATED.
+        Background jobs the log could not write are cancelled and their submitters get ERROR
+        QUEUE_ERROR instead of JOB_CREATED.
         """
-        assert self.store is not None
-        lost = self.store.commit()
+        lost = self.joblog.commit()
         if not lost:
             return
         sched = self.scheduler
         lost_set = set(lost)
         for handle in lost:
             shard_admin.cancel_job(sched, handle)
-        error = error_packet(b"QUEUE_ERROR", b"Persistent store failed: could not save the job")
         out = sched.out
         for i, (op, conn, body) in enumerate(out):
             if op == OP_SEND and body[4:8] == _JOB_CREATED and body[12:] in lost_set:
-                out[i] = (op, conn, error)
-        log.error("%d background jobs refused: the store could not keep them", len(lost))
+                out[i] = (op, conn, ERR_STORE)
+        log.error("%d background jobs refused: the job log could not keep them", len(lost))
 
     def run(self, control: memoryview | None = None) -> None:
-        """Recover (or replay the store), announce ourselves to every front and serve until
-        stopped."""
-        self.start()
+        """Recover from the job log, announce ourselves to every front and serve until
+        stopped. `control` is our control block (its run id tells a crash from a new run)."""
+        self.start(int(control[layout.CTRL_RUN_ID]) if control is not None else 0)
         epoll = select.epoll()
         epoll.register(self.my_bell, select.EPOLLIN)
         for f in range(self.fronts):
@@ -262,16 +198,18 @@ class Shard:
             control[layout.CTRL_PID] = os.getpid()
             control[layout.CTRL_STATE] = layout.CHILD_READY
         sched = self.scheduler
-        store = self.store
-        journal = self.journal
+        joblog = self.joblog
         senders = self.senders
         bell = self.my_bell
         tick = 0
         while self.running:
-            deadline = sched.next_deadline()
             timeout = 1.0
-            if deadline is not None:
-                timeout = min(timeout, max(0.0, deadline - time.time()))
+            if joblog.pending:
+                timeout = 0.0  # held-back records wait for the next commit: turn again now
+            else:
+                deadline = sched.next_deadline()
+                if deadline is not None:
+                    timeout = min(timeout, max(0.0, deadline - time.time()))
             try:
                 if epoll.poll(timeout):
                     os.eventfd_read(bell)
@@ -287,28 +225,24 @@ class Shard:
             deadline = sched.next_deadline()
             if deadline is not None and deadline <= now:
                 sched.tick(now)
-            if store is not None:
-                self.commit()
+            self.commit()  # before any reply (JOB_CREATED) can reach a front
             if sched.out:
                 self.route()
-            journal.commit()  # before any reply (JOB_CREATED) can reach a front
             if control is not None:
                 # before the flush: once a worker has its JOB_ASSIGN, a graceful stop must
                 # already see the job running (this process may be preempted right after)
                 control[layout.CTRL_RUNNING_JOBS] = sched.running_count()
             self.flush()
+            flushed = True
             for sender in senders:
                 if sender.queued:
-                    break  # some messages are not in a ring yet: keep ASSIGN/DONE back
-            else:
-                journal.commit_deferred()
+                    flushed = False  # some messages are not in a ring yet: keep ASSIGN/DONE back
+                    break
+            joblog.end_turn(flushed)
             tick += 1
             if control is not None:
                 control[layout.CTRL_HEARTBEAT] = tick
-        if store is not None:
-            store.close()
-        journal.commit()
-        journal.close()
+        joblog.close()
         for seg in self.segments:
             seg.close()
 
@@ -423,7 +357,3 @@ class Shard:
             messages.front_of(conn),
             messages.pack(messages.OP_ADMIN_REPLY, conn, orjson.dumps(result), extra=gid),
         )
-
-
-def _handle_number(job: Job) -> int:
-    return job.n

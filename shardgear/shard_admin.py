@@ -90,9 +90,9 @@ def cancel_job(sched: Scheduler, handle: bytes) -> bool:
     job.cancelled = True
     if job.stored:
         sched._unstore(job)
-    journal = sched._journal
-    if job.state == RUNNING and journal is not None:
-        journal.done(job)  # it runs on unheard; a successor need not know it
+    joblog = sched._joblog
+    if job.state == RUNNING and joblog is not None:
+        joblog.done(job)  # it runs on unheard; a successor need not know it
     if job.state != RUNNING:
         if job.state == QUEUED:
             sched._unqueue(job)

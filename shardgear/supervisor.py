@@ -3,13 +3,14 @@
 Theory of operation
 -------------------
 1. Sweep: remove shared-memory segments that a dead supervisor on the same port left behind.
-2. Create every segment (rings, boards, shard journals, control block) with O_CREX and one
-   eventfd doorbell per child. Only the supervisor creates or unlinks; children attach by name
-   and inherit doorbells.
-3. Spawn S shards (``python -m shardgear.child``); each replays its stored jobs (a restarted shard
-   recovers its predecessor's journal instead: ARCHITECTURE.md, "Shard crash"), then sets its
-   control-block state to READY. Only then spawn the F fronts, so that no connection is served
-   before the store is replayed. When every child is READY, log "ready" and tell systemd.
+2. Create every segment (rings, boards, control block) with O_CREX and one eventfd doorbell per
+   child. Only the supervisor creates or unlinks; children attach by name and inherit doorbells.
+   Make the job logs in the state directory fit this run's shard count (`shardgear.reshard`).
+3. Spawn S shards (``python -m shardgear.child``); each recovers its stored jobs from its job log
+   (a restarted shard recovers all of its predecessor's jobs instead: ARCHITECTURE.md, "Shard
+   crash"), then sets its control-block state to READY. Only then spawn the F fronts, so that no
+   connection is served before the jobs are back. When every child is READY, log "ready" and
+   tell systemd.
 4. Loop: signal handlers only queue the signal (``signal.set_wakeup_fd``); the loop dispatches
    ``handle_<sig>``, reaps children with ``waitpid(WNOHANG)`` and restarts the dead ones. A child
    that exits with EXIT_BOOT_ERROR, or dies five times within a minute, halts the server.
@@ -17,15 +18,14 @@ Theory of operation
    stop accepting, shards stop handing out jobs (GRAB gets NO_JOB), and the supervisor waits until
    no job is running or ``--graceful-timeout`` passes. A second SIGTERM/SIGINT, or SIGQUIT (admin
    ``shutdown``), stops at once. Either way every child gets SIGTERM (SIGKILL after 5 s), shards
-   commit their stores, and every shared object is unlinked. Queued background jobs stay in the
-   store for the next start.
+   write their job logs, and every shared object is unlinked. Queued background jobs stay in the
+   job logs for the next start.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import resource
 import select
 import signal
 import socket
@@ -41,7 +41,7 @@ from shardgear import __version__, build_info
 from shardgear.child import EXIT_BOOT_ERROR
 from shardgear.config import Config
 from shardgear.instance import Instance, prefix_for_port
-from shardgear.journal import Journal
+from shardgear.reshard import prepare_job_logs
 from shardgear.shm import layout
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment, pid_alive, sweep_stale
@@ -90,6 +90,9 @@ class Supervisor:
         self.ready = False
         self.fronts_spawned = False
         self.control_seg: Segment | None = None
+        # Tells a shard whether its job log was written in this run (its predecessor died) or
+        # an earlier one: random, since a pid may come back after a reboot.
+        self.run_id = int.from_bytes(os.urandom(8), "little") or 1
 
     # ----------------------------------------------------------------- setup
 
@@ -101,14 +104,17 @@ class Supervisor:
         n_children = self.config.fronts + self.config.shards
         self.control_seg = self._create(inst.control, layout.control_bytes(n_children))
         ring_bytes = layout.ring_bytes(self.config.ring_size)
-        journal_bytes = journal_size(self.config.journal_size)
         for s in range(self.config.shards):
             board = self._create(inst.board(s), layout.BOARD_BYTES)
             layout.Board.initialize(board.buf)
-            Journal.initialize(self._create(inst.journal(s), journal_bytes).buf)
             for f in range(self.config.fronts):
                 for name in (inst.to_shard(f, s), inst.to_front(s, f)):
                     Ring.initialize(self._create(name, ring_bytes).buf)
+        if self.config.store == "none":
+            for s in range(self.config.shards):  # the shards' job logs in /dev/shm
+                path = self.config.job_log_path(s, self.instance.supervisor_pid)
+                self.stack.callback(_unlink_quietly, path + ".new")
+                self.stack.callback(_unlink_quietly, path)
         for _ in range(n_children):
             fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self.doorbells.append(fd)
@@ -128,6 +134,7 @@ class Supervisor:
         block = layout.control_view(self.control_seg.buf, child.slot)
         for i in range(len(block)):
             block[i] = 0
+        block[layout.CTRL_RUN_ID] = self.run_id
         block.release()
         cmd = [
             sys.executable,
@@ -258,6 +265,8 @@ class Supervisor:
         with self.stack:
             try:
                 self.create_shared()
+                if self.config.store != "none":
+                    prepare_job_logs(self.config, log)
                 self.children = [
                     Child("shard", s, self.instance.shard_slot(s))
                     for s in range(self.config.shards)
@@ -363,14 +372,13 @@ class Supervisor:
             self.spawn(child)
 
 
-def journal_size(wanted: int) -> int:
-    """`wanted`, or less if RLIMIT_FSIZE (which caps shared-memory segments too) is lower."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return wanted
-    size = max(layout.JOURNAL_MIN_BYTES, soft & ~0xFFF)
-    log.warning("journals of %d bytes instead of %d: RLIMIT_FSIZE is %d", size, wanted, soft)
-    return size
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
 
 
 def run(config: Config) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shardgear import recovery, routing, shard_admin
+from shardgear import routing, shard_admin
 from shardgear.invariants import check_invariants
 from shardgear.messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE
 from shardgear.scheduler import Job, Scheduler
@@ -921,73 +921,76 @@ def test_board_can_be_a_memoryview() -> None:
 # ---------------------------------------------------------------- persistence
 
 
-class FakeStore:
-    def __init__(self, ok: bool = True) -> None:
-        self.ok = ok
-        self.rows: dict[bytes, Job] = {}
-        self.removed: list[bytes] = []
+class FakeLog:
+    """Records the job log hooks the scheduler calls."""
 
-    def add(self, job: Job) -> bool:
-        if self.ok:
-            self.rows[job.handle] = job
-        return self.ok
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes, bool]] = []  # (hook, handle, stored)
 
-    def remove(self, job: Job) -> None:
-        self.removed.append(job.handle)
-        del self.rows[job.handle]
+    def _note(self, hook: str, job: Job) -> None:
+        self.calls.append((hook, job.handle, job.stored))
+
+    def new(self, job: Job, client: int) -> None:
+        self._note("new", job)
+
+    def attach(self, job: Job, conn: int) -> None:
+        self._note("attach", job)
+
+    def detach(self, job: Job, conn: int) -> None:
+        self._note("detach", job)
+
+    def flags(self, job: Job) -> None:
+        self._note("flags", job)
+
+    def assign(self, job: Job, conn: int) -> None:
+        self._note("assign", job)
+
+    def requeue(self, job: Job) -> None:
+        self._note("requeue", job)
+
+    def done(self, job: Job) -> None:
+        self._note("done", job)
 
 
-def test_store_failure_answers_queue_error_and_creates_no_job() -> None:
-    store = FakeStore(ok=False)
-    r = Rig(store=store)
-    error = error_of(r, r.send(C1, SUBMIT_JOB_BG, b"f", b"u", b"d"))
-    assert error == (b"QUEUE_ERROR", b"Persistent store failed: could not save the job")
-    assert r.s.job_count() == 0
-    assert r.submit(C1, b"f", b"u") == b"H:t:1"  # foreground: never stored; no number used
+def logged_rig() -> tuple[Rig, FakeLog]:
+    r = Rig(durable=True)
+    joblog = FakeLog()
+    r.s._joblog = joblog
+    return r, joblog
 
 
-def test_only_background_jobs_are_stored_and_removed_when_done() -> None:
-    store = FakeStore()
-    r = Rig(store=store)
+def test_only_background_jobs_are_stored_and_done_when_finished() -> None:
+    r, joblog = logged_rig()
     r.send(W1, CAN_DO, b"f")
     hb = r.submit(C1, b"f", b"b", b"", SUBMIT_JOB_BG)
     hf = r.submit(C1, b"f", b"f")
-    assert set(store.rows) == {hb}
+    assert joblog.calls == [("new", hb, True), ("new", hf, False)]
     assert sorted(shard_admin.show_jobs(r.s)) == sorted([(hb, 0, 0, 1), (hf, 0, 0, 0)])
     r.grab(W1)
-    r.s.disconnect(W1, r.now)  # a requeue does not touch the store
-    assert set(store.rows) == {hb}
+    r.s.disconnect(W1, r.now)  # a requeue keeps it stored
     r.send(W1, CAN_DO, b"f")
     assert r.grab_handle(W1) == hf  # hb was requeued behind hf
     assert r.grab_handle(W1) == hb
     r.send(W1, WORK_COMPLETE, hf, b"")
     r.send(W1, WORK_COMPLETE, hb, b"")
-    assert store.removed == [hb] and store.rows == {}
+    assert [c for c in joblog.calls if c[0] == "done"] == [("done", hf, False), ("done", hb, False)]
+    assert ("requeue", hb, True) in joblog.calls
 
 
-def test_background_coalesced_onto_unstored_job_stores_it_once() -> None:
-    store = FakeStore()
-    r = Rig(store=store)
+def test_background_coalesced_onto_a_foreground_job_stores_it_once() -> None:
+    r, joblog = logged_rig()
     h = r.submit(C1, b"f", b"u")
     assert r.submit(C2, b"f", b"u", b"", SUBMIT_JOB_BG) == h
     assert r.submit(C2, b"f", b"u", b"", SUBMIT_JOB_BG) == h
-    assert list(store.rows) == [h]
+    assert joblog.calls == [("new", h, False), ("flags", h, True)]
     shard_admin.cancel_job(r.s, h)
-    assert store.removed == [h]
+    assert joblog.calls[-1] == ("done", h, False)
 
 
-def test_add_recovered_replays_without_a_client_and_coalesces() -> None:
+def test_nothing_is_stored_without_a_durable_log() -> None:
     r = Rig()
-    h = recovery.add_recovered(r.s, b"f", b"u", b"d", 0, 0, b"", r.now)
-    assert recovery.add_recovered(r.s, b"f", b"u", b"other", 2, 0, b"", r.now) == h
-    later = recovery.add_recovered(r.s, b"f", b"", b"e", 1, int(r.now) + 10, b"red", r.now)
-    assert shard_admin.show_jobs(r.s) == [(h, 0, 0, 1), (later, 0, 0, 1)]
-    assert shard_admin.priority_status(r.s) == [(b"f", 1, 1, 0, 0)]
-    assert r.submit(C1, b"f", b"u") == h
-    assert r.s.next_deadline() == int(r.now) + 10
-
-
-# ---------------------------------------------------------------- robustness
+    h = r.submit(C1, b"f", b"", b"", SUBMIT_JOB_BG)
+    assert shard_admin.show_jobs(r.s) == [(h, 0, 0, 0)]
 
 
 def test_response_and_unknown_packet_types(rig: Rig) -> None:
@@ -1044,16 +1047,6 @@ def test_timer_deleted_by_pre_sleep_never_fires(rig: Rig) -> None:
     rig.send(W1, PRE_SLEEP)
     rig.s.tick(rig.now + 5)  # without next_deadline() having cleaned the heap first
     assert rig.s.running_count() == 1
-
-
-def test_store_failure_on_a_background_join_answers_queue_error() -> None:
-    store = FakeStore(ok=False)
-    r = Rig(store=store)
-    h = r.submit(C1, b"f", b"u")
-    error = error_of(r, r.send(C2, SUBMIT_JOB_BG, b"f", b"u", b""))
-    assert error == (b"QUEUE_ERROR", b"Persistent store failed: could not save the job")
-    r.s.disconnect(C1, r.now)  # it did not become background: gone with its client
-    assert r.s.job_count() == 0 and h
 
 
 def test_status_unique_of_a_dash_job(rig: Rig) -> None:

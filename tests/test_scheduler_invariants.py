@@ -1,7 +1,7 @@
 """Whatever peers send, in whatever order, the job core never raises and its invariants hold:
 board counters equal the queues, every queued job is in its function's queue once, no job is held
-by a gone worker, the unique and client indexes agree with the jobs, the store holds exactly the
-stored jobs."""
+by a gone worker, the unique and client indexes agree with the jobs, exactly the background jobs
+are stored (durable)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardgear import recovery, routing, shard_admin
+from shardgear import routing, shard_admin
 from shardgear.invariants import check_invariants
 from shardgear.messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE
-from shardgear.scheduler import Job, Scheduler
+from shardgear.scheduler import Scheduler
 
 FRONT_OF = [0, 0, 0, 0, 0, 1, 1]  # connection slot -> front; slots are reused with a new id
 FUNCS = [b"a", b"b", b"c", b"A"]
@@ -22,21 +22,6 @@ UNIQUES = [b"", b"-", b"u1", b"u2", b"u" * 64]
 DATA = [b"", b"x", b"y", b"x\0y"]
 SUBMITS = [7, 18, 21, 32, 33, 34]
 GRABS = [9, 30, 39]
-
-
-class Store:
-    def __init__(self) -> None:
-        self.ok = True
-        self.rows: dict[int, Job] = {}
-
-    def add(self, job: Job) -> bool:
-        if self.ok:
-            assert id(job) not in self.rows
-            self.rows[id(job)] = job
-        return self.ok
-
-    def remove(self, job: Job) -> None:
-        del self.rows[id(job)]
 
 
 CONN_STEPS = ("submit", "epoch", "reduce", "can_do", "cant_do", "packet", "grab", "work", "raw")
@@ -77,10 +62,6 @@ ops = st.one_of(
     st.tuples(st.just("cancel"), st.integers(0, 12)),
     st.tuples(st.just("drop_function"), func),
     st.tuples(st.just("maxqueue"), func, st.integers(-1, 3)),
-    st.tuples(
-        st.just("recover"), func, st.sampled_from(UNIQUES), st.integers(0, 2), st.integers(-2, 3)
-    ),
-    st.tuples(st.just("store_ok"), st.booleans()),
     st.tuples(st.just("raw"), conn, st.integers(0, 50), st.binary(max_size=24)),
 )
 
@@ -99,7 +80,6 @@ def check_effects(out: list[tuple[int, int, bytes]], live: set[int]) -> None:
 
 def run(steps: list[tuple[Any, ...]], retries: int, wakeup: int) -> None:
     board = [0] * (routing.BOARD_SLOTS * 3)
-    store = Store()
     s = Scheduler(
         shard_index=1,
         shard_count=2,
@@ -107,7 +87,7 @@ def run(steps: list[tuple[Any, ...]], retries: int, wakeup: int) -> None:
         job_retries=retries,
         worker_wakeup=wakeup,
         board=board,
-        store=store,
+        durable=True,
         log=lambda m: None,
     )
     now = 100.0
@@ -165,14 +145,6 @@ def run(steps: list[tuple[Any, ...]], retries: int, wakeup: int) -> None:
             assert shard_admin.drop_function(s, step[1]) in ("ok", "busy", "missing")
         elif kind == "maxqueue":
             shard_admin.maxqueue(s, step[1], (step[2], step[2], step[2]))
-        elif kind == "recover":
-            _, f, u, p, dt = step
-            h = recovery.add_recovered(s, f, u, b"r", p, int(now) + dt, b"", now)
-            for job in s.jobs():  # the replayed row is in the store already
-                if job.handle == h:
-                    store.rows[id(job)] = job
-        elif kind == "store_ok":
-            store.ok = step[1]
         elif kind == "raw":
             s.handle_packet(step[1], step[2], step[3], now)
         out, s.out = s.out, []
@@ -182,7 +154,8 @@ def run(steps: list[tuple[Any, ...]], retries: int, wakeup: int) -> None:
             assert job.worker is None or job.worker.conn in live, "held by a gone worker"
             assert set(job.clients) <= live
         check_invariants(s)
-        assert set(store.rows) == {id(j) for j in s.jobs() if j.stored}
+        for job in s.jobs():
+            assert job.stored == (job.background and not job.cancelled), job
         assert s.job_count() == len(list(s.jobs()))
         assert s.running_count() == sum(r[2] for r in shard_admin.status(s))
         assert sum(r[1] for r in shard_admin.status(s)) == s.job_count()

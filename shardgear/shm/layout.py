@@ -1,5 +1,4 @@
-"""Byte layouts of everything shardgear keeps in shared memory: rings, boards, control blocks,
-shard journals.
+"""Byte layouts of everything shardgear keeps in shared memory: rings, boards, control blocks.
 
 Theory of operation
 ===================
@@ -97,61 +96,10 @@ a child into the slot). There is no header: the supervisor both creates the segm
     8       8     pid                child: its pid, written first thing after attaching
     16      8     state              child: one of the CHILD_* constants
     24      8     running_jobs       child: jobs it has in progress (shards) or connections (fronts)
-    32      32    reserved           zero
-
-Shard journal
--------------
-One segment per shard, created by the supervisor (``--journal-size``), written only by the shard and
-read by its successor after a crash (``shardgear.journal``; ARCHITECTURE.md, "Shard crash"). It is
-a header then two halves of equal size. The *active* half holds an append-only log of records;
-when it runs short of room the shard writes a snapshot of its live jobs into the other half and
-switches by storing a new generation. A reader takes the active half's records up to its published
-end: bytes past the end (a record being written when the shard died) are never read, and each
-record carries a CRC so that a corrupted one is skipped (and logged) instead of believed.
-
-Journal header (little-endian u64 fields, 64 bytes; half h starts at ``64 + h * half_bytes``)
-
-    offset  size  field              written by
-    0       8     magic              creator (``JOURNAL_MAGIC``, b"SGJRNL01"), once
-    8       8     version            creator (``JOURNAL_VERSION``), once
-    16      8     segment_bytes      creator: the whole segment
-    24      8     half_bytes         creator: bytes of each half, a multiple of 8
-    32      8     generation         shard: 0 = never written (the next shard cold-starts); the
-                                     active half is ``generation & 1``; bumped by one store after
-                                     the snapshot in the other half is complete and published
-    40      8     end0               shard: published bytes of records in half 0
-    48      8     end1               shard: published bytes of records in half 1
-    56      8     reserved           zero
-
-Journal record (at an 8-aligned offset in a half; the next record follows the padding)
-
-    offset  size  field              meaning
-    0       4     crc                zlib.crc32 of bytes 4 .. 16 + length, less a NEW record's
-                                 payload (its structure is checked, its data is not)
-    4       4     length             body bytes
-    8       4     kind               one of the JR_* constants
-    12      4     reserved           zero
-    16      len   body               by kind (below), then zero to 7 bytes of padding
-
-Record bodies (``n`` is the job handle's number: handle = ``<prefix>:<n>``). Every kind but JR_NEW
-has a 16-byte body, ``JOURNAL_PAIR``.
-
-    JR_COUNTER   u64 next_n, u64 0   the shard's next handle number (first record of a snapshot)
-    JR_NEW       JOURNAL_NEW, then func, unique, reducer, data (lengths in JOURNAL_NEW):
-                   0  u64 n
-                   8  u64 client      the submitting foreground client's conn, 0 for none
-                   16 i64 when        epoch seconds (0 = at once)
-                   24 u32 retries
-                   28 u8  priority    0 HIGH, 1 NORMAL, 2 LOW
-                   29 u8  flags       bit 0 background, bit 1 stored (a store row exists)
-                   30 u16 reserved
-                   32 u32 func_len, 36 u32 unique_len, 40 u32 reducer_len, 44 u32 data_len
-    JR_ATTACH    u64 n, u64 conn     one more foreground client attached (a coalesced submit)
-    JR_DETACH    u64 n, u64 conn     that client left (every attachment of that conn)
-    JR_ASSIGN    u64 n, u64 conn     the worker conn now holds the job
-    JR_REQUEUE   u64 n, u64 retries  back at the tail of its queue, held by nobody
-    JR_DONE      u64 n, u64 0        the job is gone (completed, failed, cancelled, dropped)
-    JR_FLAGS     u64 n, u64 flags    flags |= (a background submission coalesced onto the job)
+    32      8     run_id             supervisor: its run's random id, written before the spawn (a
+                                     shard whose job log has this id recovers a dead predecessor's
+                                     jobs; any other id means an earlier run: durable jobs only)
+    40      24    reserved           zero
 """
 
 from __future__ import annotations
@@ -280,6 +228,7 @@ CTRL_HEARTBEAT: Final = 0
 CTRL_PID: Final = 1
 CTRL_STATE: Final = 2
 CTRL_RUNNING_JOBS: Final = 3
+CTRL_RUN_ID: Final = 4
 
 # Values of the state field.
 CHILD_EMPTY: Final = 0  # no child in this slot (or the supervisor has just zeroed it)
@@ -301,46 +250,3 @@ def control_view(buf: Buffer, index: int) -> memoryview:
     if index < 0 or start + CONTROL_BYTES > len(mv):
         raise IndexError(f"control block {index} is outside a buffer of {len(mv)} bytes")
     return mv[start : start + CONTROL_BYTES].cast("Q")
-
-
-# --------------------------------------------------------------------------------------------------
-# Shard journal
-
-JOURNAL_MAGIC: Final = int.from_bytes(b"SGJRNL01", "little")
-JOURNAL_VERSION: Final = 1
-JOURNAL_HEADER_BYTES: Final = 64
-#: The static part of the journal header: magic, version, segment_bytes, half_bytes.
-JOURNAL_HEADER: Final = struct.Struct("<QQQQ")
-#: Smallest segment: the header and two halves of 4 KiB.
-JOURNAL_MIN_BYTES: Final = JOURNAL_HEADER_BYTES + 2 * 4096
-
-# Indexes of the header's u64 fields in ``buf.cast('Q')``.
-JOURNAL_GENERATION_Q: Final = 4
-JOURNAL_END_Q: Final = 5  # end of half h is at index JOURNAL_END_Q + h
-
-#: Record header: crc, length, kind, reserved.
-JOURNAL_RECORD: Final = struct.Struct("<IIII")
-JOURNAL_RECORD_BYTES: Final = 16
-#: JR_NEW's fixed part: n, client, when, retries, priority, flags, reserved, four lengths.
-JOURNAL_NEW: Final = struct.Struct("<QQqIBBHIIII")
-#: The body of every other kind: n, argument (JR_DONE's argument is 0).
-JOURNAL_PAIR: Final = struct.Struct("<QQ")
-
-JR_COUNTER: Final = 1
-JR_NEW: Final = 2
-JR_ATTACH: Final = 3
-JR_DETACH: Final = 4
-JR_ASSIGN: Final = 5
-JR_REQUEUE: Final = 6
-JR_DONE: Final = 7
-JR_FLAGS: Final = 8
-JR_KINDS: Final = frozenset(range(JR_COUNTER, JR_FLAGS + 1))
-
-#: JR_NEW flags.
-JF_BACKGROUND: Final = 1
-JF_STORED: Final = 2
-
-
-def journal_half_bytes(segment_bytes: int) -> int:
-    """Return the size of each half of a journal segment of `segment_bytes` bytes."""
-    return ((segment_bytes - JOURNAL_HEADER_BYTES) // 2) & ~7

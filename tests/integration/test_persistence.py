@@ -1,8 +1,9 @@
-"""Background jobs survive a restart of the whole service (the sqlite store in --state-dir).
+"""Background jobs survive a restart of the whole service (the shards' job logs in --state-dir).
 
-Every background job acknowledged with JOB_CREATED is in the store; a restart on the same state
-directory replays them before the first connection is served, with epoch times, priorities and
-reducers kept, and jobs that share an empty or equal unique never overwrite one another.
+Every background job acknowledged with JOB_CREATED is in its shard's job log; a restart on the same
+state directory recovers them before the first connection is served, with handles, epoch times,
+priorities and reducers kept (also when the restart has another number of shards), and jobs that
+share an empty or equal unique never overwrite one another.
 """
 
 from __future__ import annotations
@@ -77,6 +78,40 @@ def test_background_jobs_survive_a_restart(start_server, connect, make_name):
     # completed jobs are gone from the store: a second restart has nothing to replay
     srv3 = restart(start_server, srv2)
     assert drain_jobs(connect(srv3.address), func, 5) == []
+
+
+def test_a_restart_with_another_shard_count_keeps_every_job(start_server, connect, make_name):
+    state = tempfile.mkdtemp(prefix="shardgear-test-state.")
+    srv = start_server(state_dir=state)  # --shards 2
+    funcs = [make_name() for _ in range(6)]
+    client = connect(srv.address)
+    want = {}
+    for func in funcs:
+        want[func] = [b"%s-%d" % (func, i) for i in range(5)]
+        for data in want[func]:
+            submit(client, func, data, bg=True)
+    srv.stop()
+    for shards in ("3", "1"):
+        srv = start_server("--shards", shards, port=srv.port, state_dir=state)
+        assert sorted(os.listdir(state)) == [
+            f"jobs.{srv.port}.shard{i}.log" for i in range(int(shards))
+        ]
+        srv.stop()
+    srv = start_server(port=srv.port, state_dir=state)
+    for func in funcs:  # every job once, in the order it was queued
+        assert [j[-1] for j in drain_jobs(connect(srv.address), func, 10)] == want[func]
+
+
+def test_a_stored_job_keeps_its_handle(start_server, connect, make_name):
+    state = tempfile.mkdtemp(prefix="shardgear-test-state.")
+    srv = start_server(state_dir=state)
+    func = make_name()
+    handle = submit(connect(srv.address), func, b"x", bg=True)
+    srv2 = restart(start_server, srv)
+    client = connect(srv2.address)
+    client.send(15, handle)  # GET_STATUS: known, not running
+    assert client.expect(20) == [handle, b"1", b"0", b"0", b"0"]
+    assert drain_jobs(connect(srv2.address), func, 5)[0][0] == handle
 
 
 def test_epoch_times_are_kept(start_server, connect, make_name):
