@@ -215,7 +215,7 @@ class AsyncLink(asyncio.Protocol):
             )
         return link
 
-    # -- asyncio.Protocol -------------------------------------------------------------------------
+    # -- asyncio.Protocol --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -254,7 +254,7 @@ class AsyncLink(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._can_write.set()
 
-    # -- for the owner --------------------------------------------------------------------------
+    # -- for the owner -----------------------------------------------------------------------------
 
     @property
     def alive(self) -> bool:

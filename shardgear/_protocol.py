@@ -69,7 +69,7 @@ MAX_UNIQUE_SIZE: Final = 64
 """Longest unique a server accepts (spec section 6); longer ones get ARGUMENT_TOO_LARGE."""
 
 
-# -- errors ---------------------------------------------------------------------------------------
+# -- errors ----------------------------------------------------------------------------------------
 
 
 class GearmanError(Exception):
@@ -148,7 +148,7 @@ class BadResponse(GearmanError):
     """The server sent something the protocol does not allow here (the connection is closed)."""
 
 
-# -- values ---------------------------------------------------------------------------------------
+# -- values ----------------------------------------------------------------------------------------
 
 
 class Priority(enum.Enum):

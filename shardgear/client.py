@@ -336,7 +336,7 @@ class Client(_ClientBase):
             for link in links:
                 self._lost(link, ConnectionLost("the client was closed"))
 
-    # -- submitting -------------------------------------------------------------------------------
+    # -- submitting --------------------------------------------------------------------------------
 
     def submit(
         self,
@@ -471,7 +471,7 @@ class Client(_ClientBase):
             return Job(self, link, state)
         raise NoServerAvailable(errors)
 
-    # -- status, echo ---------------------------------------------------------------------------
+    # -- status, echo ------------------------------------------------------------------------------
 
     def get_status(
         self,
@@ -578,7 +578,7 @@ class Client(_ClientBase):
             raise NoServerAvailable(errors)
         return answers
 
-    # -- connections ------------------------------------------------------------------------------
+    # -- connections -------------------------------------------------------------------------------
 
     def _link(self, index: int, deadline: float | None) -> SyncLink:
         """The live connection to server ``index``, connected now if needed.
