@@ -28,6 +28,10 @@ from typing import Any
 
 import pytest
 
+# shardgear's own pytest fixtures (installed through the pytest11 entry point); imported here
+# too so that a checkout whose installed metadata predates the entry point has them (a conftest
+# definition simply takes precedence over the plugin's).
+from shardgear.pytest_plugin import make_shardgear_server, shardgear_server  # noqa: F401
 from tests.gearclient import Conn
 
 TARGET = os.environ.get("SHARDGEAR_TEST_TARGET", "shardgear").strip().lower() or "shardgear"
