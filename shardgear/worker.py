@@ -303,6 +303,10 @@ class Worker(_WorkerBase):
 
         Safe from any thread, a job function or a signal handler. With ``wait=True`` (not from
         a job function or a signal handler), return only once :meth:`run` has returned.
+
+        With ``concurrency=1`` a job runs on :meth:`run`'s own thread, so the timeout takes
+        effect when that job returns; with a pool, :meth:`run` returns at the timeout and the
+        job's thread carries on (Python cannot stop a thread), its result dropped.
         """
         with self._lock:
             if self._stop_deadline is None:
