@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import select
 import socket
 import threading
@@ -265,6 +266,24 @@ class AsyncLink(asyncio.Protocol):
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def dropped(self) -> bool:
+        """Whether the server closed this idle connection though the loop has not seen it yet
+        (a peek at the socket, as :meth:`SyncLink.dropped`)."""
+        if self.transport is None:
+            return True
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+                if not _poll(peek, select.POLLIN, 0):
+                    return False
+                return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its high-water mark."""

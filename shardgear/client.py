@@ -954,7 +954,11 @@ class AsyncClient(_ClientBase):
             raise ConnectionLost("the client is closed")
         link = self._links[index]
         if link is not None and link.alive:
-            return link
+            if link.conn.busy or not link.dropped():
+                return link
+            wake(link.conn.close(lost_error(link.address, None)))
+            link.close()
+            self._links[index] = None
         async with self._connecting[index]:
             link = self._links[index]
             if link is not None and link.alive:
