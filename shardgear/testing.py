@@ -11,7 +11,7 @@ The server is ``python -m shardgear`` in a subprocess of its own session, with a
 directory (removed at stop) and its log in a temporary file (:meth:`Server.log_text`). It is
 ready when :meth:`Server.start` returns: it answered an admin ``version`` and, over a few
 connections, ``getpid`` with its own pid (so the port is not shared with another server through
-SO_REUSEPORT). ``stop`` sends SIGTERM, a second SIGTERM after 2 s (stop at once), SIGKILL to its
+SO_REUSEPORT). ``stop`` sends SIGQUIT (stop at once; ``graceful=True``: SIGTERM), SIGKILL to its
 process group after the timeout, and unlinks any shared memory the server left.
 
 For pytest, :mod:`shardgear.pytest_plugin` turns this into fixtures (``shardgear_server``,
@@ -247,31 +247,34 @@ class Server:
                 os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait(10)
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """Stop the server (graceful, then at once, then SIGKILL after ``timeout`` seconds),
-        remove its shared memory, state directory and log. Returns its exit status (None if it
-        was never started). Calling it again does nothing more."""
+    def stop(self, timeout: float = 10.0, *, graceful: bool = False) -> int | None:
+        """Stop the server and remove its shared memory, state directory and log.
+
+        Args:
+            timeout: seconds to wait before SIGKILL to its process group.
+            graceful: SIGTERM, which lets running jobs finish (up to ``graceful_timeout``);
+                by default SIGQUIT, which stops at once (as admin ``shutdown``) and is faster.
+
+        Returns:
+            Its exit status (None if it was never started). Calling it again does nothing more.
+        """
         if self._proc is None:
             self._cleanup()
             return None
-        status = self._terminate(timeout)
+        status = self._terminate(timeout, signal.SIGTERM if graceful else signal.SIGQUIT)
         self._cleanup()
         return status
 
-    def _terminate(self, timeout: float) -> int | None:
+    def _terminate(self, timeout: float, sig: int = signal.SIGQUIT) -> int | None:
         proc = self._proc
         if proc is None:
             return None
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             try:
-                proc.wait(2.0)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGTERM)  # the second one stops at once
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    pass
+                pass
         # children of a killed or wedged supervisor: the process group we created
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
