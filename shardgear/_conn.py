@@ -60,7 +60,8 @@ def deadline_of(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
-def _tune(sock: socket.socket) -> None:
+def tune(sock: socket.socket) -> None:
+    """TCP_NODELAY (requests are small and answered one by one) and SO_KEEPALIVE."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
@@ -99,7 +100,7 @@ class SyncLink:
         """
         sock = socket.create_connection((address.host, address.port), timeout=timeout)
         try:
-            _tune(sock)
+            tune(sock)
             sock.setblocking(False)
         except BaseException:
             sock.close()

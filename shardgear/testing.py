@@ -239,13 +239,22 @@ class Server:
             + self.log_text()
         )
 
-    def kill(self) -> None:
-        """SIGKILL the server and all its processes at once (to test failover); ``stop``
-        still cleans up after it."""
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(10)
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the server and all its processes at once (to test failover), and return
+        once every one of them is gone (so its connections are closed); ``stop`` still cleans
+        up after it."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # the children, reaped by whoever adopted them
+            try:
+                os.killpg(self._proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.01)
 
     def stop(self, timeout: float = 10.0, *, graceful: bool = False) -> int | None:
         """Stop the server and remove its shared memory, state directory and log.

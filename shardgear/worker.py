@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import inspect
 import logging
+import os
 import selectors
 import signal
 import socket
@@ -42,11 +44,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
 
-from shardgear._conn import AsyncLink, SyncLink, deadline_of, lost_error
+from shardgear._conn import AsyncLink, SyncLink, deadline_of, lost_error, tune
 from shardgear._protocol import (
     Assignment,
     BadResponse,
     Change,
+    Connection,
     GearmanError,
     Timeout,
     to_bytes,
@@ -283,9 +286,9 @@ class Worker(_WorkerBase):
             backoff=backoff,
         )
         self._links: list[SyncLink | None] = [None] * len(self.servers)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake: tuple[socket.socket, socket.socket] | None = None  # while run() runs
+        self._connecting: dict[int, _Connecting] = {}  # slot index -> connect in progress
+        self._signals = 0  # SIGTERM / SIGINT received during run()
         self._stop_deadline: float | None = None
         self._stop_now = False
         self._running = False
@@ -301,8 +304,9 @@ class Worker(_WorkerBase):
         """Stop gracefully: take no new job, finish the jobs held (for up to ``timeout``
         seconds; then disconnect anyway and the server requeues them), close the connections.
 
-        Safe from any thread, a job function or a signal handler. With ``wait=True`` (not from
-        a job function or a signal handler), return only once :meth:`run` has returned.
+        Safe from any thread or a job function (:meth:`run` handles SIGTERM and SIGINT itself).
+        With ``wait=True`` (not from a job function), return only once :meth:`run` has
+        returned.
 
         With ``concurrency=1`` a job runs on :meth:`run`'s own thread, so the timeout takes
         effect when that job returns; with a pool, :meth:`run` returns at the timeout and the
@@ -318,14 +322,19 @@ class Worker(_WorkerBase):
             self._stopped.wait()
 
     def _poke(self) -> None:
+        """Wake the loop in :meth:`run` (a byte on its socketpair)."""
+        wake = self._wake
+        if wake is None:
+            return
         try:
-            self._wake_w.send(b"\0")
+            wake[1].send(b"\0")
         except OSError:
-            pass  # the pipe is full: a wake-up is already pending
+            pass  # full (a wake-up is already pending) or closed (run() has returned)
 
     def run(self, *, handle_signals: bool = True) -> None:
         """Serve jobs until :meth:`stop` (or, with ``handle_signals`` in the main thread, a
-        SIGTERM or SIGINT: the first stops gracefully, a second at once).
+        SIGTERM or SIGINT: the first stops gracefully, a second at once; with ``concurrency=1``
+        once the job that is running returns).
 
         Raises:
             RuntimeError: the worker is already running, or has no function registered.
@@ -337,6 +346,10 @@ class Worker(_WorkerBase):
                 raise RuntimeError("register a function before running the worker")
             self._running = True
             self._stopped.clear()
+            self._signals = 0
+            self._wake = socket.socketpair()
+            for end in self._wake:
+                end.setblocking(False)
         restore = self._install_signals() if handle_signals else {}
         pool = (
             concurrent.futures.ThreadPoolExecutor(self.concurrency, "shardgear-worker")
@@ -357,6 +370,10 @@ class Worker(_WorkerBase):
                 self._running = False
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+            wake, self._wake = self._wake, None
+            if wake is not None:
+                for end in wake:
+                    end.close()
             self._stopped.set()
 
     def _install_signals(self) -> dict[int, Any]:
@@ -364,13 +381,9 @@ class Worker(_WorkerBase):
             return {}
 
         def handle(signum: int, frame: object) -> None:
-            if self._stop_deadline is None:
-                log.info("signal %d: stopping gracefully", signum)
-                self.stop()
-            else:
-                log.info("signal %d: stopping now", signum)
-                self._stop_now = True
-                self._poke()
+            # only a flag and a wake-up: the interrupted code may hold the worker's locks
+            self._signals += 1
+            self._poke()
 
         return {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
@@ -378,7 +391,8 @@ class Worker(_WorkerBase):
 
     def _loop(self, pool: concurrent.futures.ThreadPoolExecutor | None) -> None:
         selector = selectors.DefaultSelector()
-        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        assert self._wake is not None
+        selector.register(self._wake[0], selectors.EVENT_READ, None)
         try:
             while True:
                 now = time.monotonic()
@@ -390,14 +404,28 @@ class Worker(_WorkerBase):
                         return
                     stopping = self._core.stopping
                 for slot in self._core.slots:
-                    if self._links[slot.index] is None and not stopping and now >= slot.retry_at:
+                    pending = self._connecting.get(slot.index)
+                    if pending is not None and now >= pending.deadline:
+                        self._connect_failed(slot, pending, selector, TimeoutError("timed out"))
+                    elif (
+                        pending is None
+                        and self._links[slot.index] is None
+                        and not stopping
+                        and now >= slot.retry_at
+                    ):
                         self._connect(slot, selector)
                 for key, _ in selector.select(self._next_wait(stopping)):
                     if key.data is None:
                         self._drain_wakeups()
+                    elif isinstance(key.data, _Connecting):
+                        self._connected(key.data, selector)
                     else:
                         self._readable(key.data, selector, pool)
         finally:
+            for pending in self._connecting.values():
+                if pending.sock is not None:
+                    pending.sock.close()
+            self._connecting.clear()
             selector.close()
 
     def _next_wait(self, stopping: bool) -> float | None:
@@ -409,34 +437,81 @@ class Worker(_WorkerBase):
         waits = [
             max(0.0, slot.retry_at - now)
             for slot in self._core.slots
-            if self._links[slot.index] is None
+            if self._links[slot.index] is None and slot.index not in self._connecting
         ]
+        waits += [max(0.0, pending.deadline - now) for pending in self._connecting.values()]
         return min(waits) if waits else None
 
     def _drain_wakeups(self) -> None:
+        assert self._wake is not None
         try:
-            while self._wake_r.recv(4096):
+            while self._wake[0].recv(4096):
                 pass
         except OSError:
             pass
+        if self._signals == 1 and self._stop_deadline is None:
+            log.info("signal received: stopping gracefully")
+            self.stop()
+        elif self._signals > 1 and not self._stop_now:
+            log.info("second signal: stopping now")
+            self._stop_now = True
 
     def _connect(self, slot: Slot, selector: selectors.BaseSelector) -> None:
+        """Start a non-blocking connect, so that a server that does not answer holds up
+        nothing else (the loop finishes it in :meth:`_connected`)."""
         address = self.servers[slot.index]
+        timeout = self.connect_timeout if self.connect_timeout is not None else float("inf")
+        pending = _Connecting(slot, None, time.monotonic() + timeout)
         try:
-            link = SyncLink.open(address, self.connect_timeout, self.max_packet_size)
+            family, kind, proto, _, sockaddr = socket.getaddrinfo(
+                address.host, address.port, type=socket.SOCK_STREAM
+            )[0]
+            pending.sock = sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            err = sock.connect_ex(sockaddr)
+            if err not in (0, errno.EINPROGRESS):
+                raise OSError(err, os.strerror(err))
         except OSError as exc:
-            slot.failures += 1
-            slot.retry_at = time.monotonic() + self._backoff.delay(slot.failures)
-            level = logging.WARNING if slot.failures == 1 else logging.DEBUG
-            log.log(level, "cannot connect to %s: %s", address, exc.strerror or exc)
+            self._connect_failed(slot, pending, selector, exc)
             return
+        self._connecting[slot.index] = pending
+        selector.register(sock, selectors.EVENT_WRITE, pending)
+
+    def _connect_failed(
+        self,
+        slot: Slot,
+        pending: _Connecting,
+        selector: selectors.BaseSelector,
+        exc: OSError,
+    ) -> None:
+        if self._connecting.pop(slot.index, None) is not None and pending.sock is not None:
+            selector.unregister(pending.sock)
+        if pending.sock is not None:
+            pending.sock.close()
+        slot.failures += 1
+        slot.retry_at = time.monotonic() + self._backoff.delay(slot.failures)
+        level = logging.WARNING if slot.failures == 1 else logging.DEBUG
+        log.log(level, "cannot connect to %s: %s", slot.server, exc.strerror or exc)
+
+    def _connected(self, pending: _Connecting, selector: selectors.BaseSelector) -> None:
+        slot, sock = pending.slot, pending.sock
+        assert sock is not None
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._connect_failed(slot, pending, selector, OSError(err, os.strerror(err)))
+            return
+        del self._connecting[slot.index]
+        selector.unregister(sock)
+        address = self.servers[slot.index]
+        tune(sock)
+        link = SyncLink(address, sock, Connection(str(address), self.max_packet_size))
         if slot.failures:
             log.warning("connected to %s again", address)
         slot.failures = 0
         with self._lock:
             self._links[slot.index] = link
             self._core.attach(slot, link.conn)
-        selector.register(link.sock, selectors.EVENT_READ, slot)
+        selector.register(sock, selectors.EVENT_READ, slot)
         self._flush(slot)
 
     def _readable(
@@ -540,6 +615,17 @@ class Worker(_WorkerBase):
     def _flush_all(self) -> None:
         for slot in self._core.slots:
             self._flush(slot)
+
+
+class _Connecting:
+    """A connection attempt of the threaded worker's loop."""
+
+    __slots__ = ("deadline", "slot", "sock")
+
+    def __init__(self, slot: Slot, sock: socket.socket | None, deadline: float) -> None:
+        self.slot = slot
+        self.sock = sock
+        self.deadline = deadline
 
 
 # -- the asyncio worker ----------------------------------------------------------------------------

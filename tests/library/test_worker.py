@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -10,6 +14,7 @@ import pytest
 
 from shardgear.client import AsyncClient, Client, JobException, JobFailed, WorkData
 from shardgear.worker import AsyncWorker, Worker, WorkerJob, WorkException, WorkFail
+from tests.conftest import REPO
 from tests.gearclient import Conn as RawConn
 from tests.gearclient import parse_status, parse_workers, wait_for
 from tests.library.conftest import Target
@@ -319,3 +324,44 @@ def test_async_graceful_stop(target: Target, fname: str) -> None:
             assert (st.known, st.running) == (True, False)
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+WORKER_SCRIPT = """
+import sys, time
+from shardgear.worker import Worker
+
+worker = Worker(sys.argv[1])
+
+@worker.function(sys.argv[2])
+def slow(job):
+    print("started", flush=True)
+    time.sleep(1.0)
+    return b"done"
+
+print("ready", flush=True)
+worker.run()
+print("stopped", flush=True)
+"""
+
+
+def test_sigterm_stops_a_worker_process_gracefully(target: Target, fname: str, tmp_path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), target.address, fname], stdout=subprocess.PIPE, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        with Client(target.address) as client:
+            job = client.submit(fname)
+            assert proc.stdout.readline() == b"started\n"
+            proc.send_signal(signal.SIGTERM)
+            assert job.result(TIMEOUT) == b"done"  # the held job finishes
+        assert proc.wait(TIMEOUT) == 0
+        assert proc.stdout.read() == b"stopped\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
