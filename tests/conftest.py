@@ -28,6 +28,10 @@ from typing import Any
 
 import pytest
 
+# shardgear's own pytest fixtures (installed through the pytest11 entry point); imported here
+# too so that a checkout whose installed metadata predates the entry point has them (a conftest
+# definition simply takes precedence over the plugin's).
+from shardgear.pytest_plugin import make_shardgear_server, shardgear_server  # noqa: F401
 from tests.gearclient import Conn
 
 TARGET = os.environ.get("SHARDGEAR_TEST_TARGET", "shardgear").strip().lower() or "shardgear"
@@ -64,10 +68,11 @@ class Server:
         port: int = 0,
         state_dir: str | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        target: str | None = None,
     ) -> None:
         self.host = "127.0.0.1"
         self.extra_args = extra_args
-        self.target = TARGET
+        self.target = target or TARGET  # the run's target unless a test needs a given one
         self.port = self.fixed_port = port  # a fixed port: a restart of an earlier server
         self.preexec_fn = preexec_fn
         self.own_state_dir = state_dir is None
@@ -90,7 +95,7 @@ class Server:
 
     def command(self) -> list[str]:
         port = str(self.port)
-        if IS_GEARMAND:
+        if self.target == "gearmand":
             exe = shutil.which("gearmand") or "/usr/sbin/gearmand"
             return [
                 exe,
@@ -131,7 +136,9 @@ class Server:
         last_error = ""
         for _attempt in range(3):  # a free port can be taken by someone else before we bind it
             self.port = self.fixed_port or free_port()
-            fd, self.stderr_path = tempfile.mkstemp(prefix=f"{TARGET}.{self.port}.", suffix=".log")
+            fd, self.stderr_path = tempfile.mkstemp(
+                prefix=f"{self.target}.{self.port}.", suffix=".log"
+            )
             self.proc = subprocess.Popen(
                 self.command(),
                 stdin=subprocess.DEVNULL,
@@ -262,7 +269,7 @@ class Server:
             time.sleep(0.05)
 
     def shm_leftovers(self) -> list[str]:
-        if IS_GEARMAND or not self.port:
+        if self.target == "gearmand" or not self.port:
             return []
         return sorted(glob.glob(f"/dev/shm/shardgear.{self.port}.*"))
 

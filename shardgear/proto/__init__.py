@@ -72,9 +72,11 @@ from shardgear.proto.parser import (
     Packet,
     Parser,
 )
+from shardgear.proto.responses import DEFAULT_MAX_RESPONSE_SIZE, ResponseParser
 
 __all__ = [
     "ARGC",
+    "DEFAULT_MAX_RESPONSE_SIZE",
     "END_OF_LIST",
     "ERR_COMMAND_NOT_EXPECTED",
     "ERR_EXCEPTION_NOT_FOUND",
@@ -118,6 +120,7 @@ __all__ = [
     "ParsedAdmin",
     "Parser",
     "ProtocolError",
+    "ResponseParser",
     "TooManyTokens",
     "error_packet",
     "format_ok",

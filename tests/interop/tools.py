@@ -140,6 +140,39 @@ def perl_worker(procs: Procs, address: str, func: str, mode: str = "rev", count:
     return p
 
 
+# -- PHP's gearman extension (php-gearman, libgearman) ----------------------------------------
+
+PHP_DIR = Path(__file__).resolve().parent / "php"
+
+
+def require_php() -> None:
+    require_tools("php")
+    r = subprocess.run(
+        ["php", "-r", 'exit(class_exists("GearmanClient") ? 0 : 1);'],
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    if r.returncode != 0:
+        missing("PHP's gearman extension (php-gearman) is not installed")
+
+
+def php_client(
+    address: str, func: str, data: str, mode: str = "fg", unique: str = ""
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["php", str(PHP_DIR / "client.php"), address, func, data, mode, unique],
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+
+
+def php_worker(procs: Procs, address: str, func: str, mode: str = "rev", count: int = 1):
+    p = procs.spawn(["php", str(PHP_DIR / "worker.php"), address, func, mode, str(count)])
+    assert p.stdout is not None
+    assert p.stdout.readline() == b"ready\n"
+    return p
+
+
 # -- PyPI gear ---------------------------------------------------------------------------------
 
 
