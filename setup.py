@@ -34,6 +34,7 @@ COMPILED = [
     "shardgear/proto/parser.py",
     "shardgear/shm/layout.py",
     "shardgear/shm/ring.py",
+    "shardgear/shm/doorbell.py",
     "shardgear/shm/channel.py",
     "shardgear/messages.py",
     "shardgear/routing.py",

@@ -60,6 +60,7 @@ from shardgear.proto.packets import (
 from shardgear.proto.parser import ADMIN_LINE_TYPE, RESPONSE_MAGIC_TYPE, Frame, Parser
 from shardgear.shm import layout
 from shardgear.shm.channel import Receiver, Sender
+from shardgear.shm.doorbell import announce_sleep, awake, fence
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
 from shardgear.sockets import bind_listener
@@ -222,6 +223,7 @@ class Front:
         listen_fd = self.listener.fileno()
         bell = self.my_bell
         conns = self.conns
+        in_rings = [r.ring for r in self.receivers]
         tick = 0
         if control is not None:
             control[layout.CTRL_PID] = os.getpid()
@@ -231,10 +233,13 @@ class Front:
             deadline = self.gathers.next_deadline()
             if deadline is not None:
                 timeout = max(0.0, min(deadline - time.monotonic(), timeout))
+            if not announce_sleep(in_rings):
+                timeout = 0.0  # a shard wrote meanwhile: drain it, do not block
             try:
                 events = self.epoll.poll(timeout)
             except InterruptedError:
                 events = []
+            awake(in_rings)
             for fd, ev in events:
                 if fd == bell:
                     try:
@@ -508,18 +513,22 @@ class Front:
         """Move this turn's messages into the rings (one publish per ring) and ring doorbells."""
         pending = 0
         outbox = self.outbox
+        wrote = 0  # bit mask of the rings written this call
         for s, sender in enumerate(self.senders):
             box = outbox[s]
             if box:
                 outbox[s] = []
                 sender.send_many(box)
             if sender.flush():
-                # ~1 eventfd_write per loop turn (~0.3 per job at full load). It could be skipped
-                # while the shard is busy if the shard set the ring's consumer_sleeping flag
-                # before blocking in epoll (and re-checked its rings after setting it): that
-                # needs shard.py, see ipc-design.md (recommendation 3) for the ordering caveat.
-                os.eventfd_write(self.shard_bells[s], 1)
+                wrote |= 1 << s
             pending += sender.pending
+        if wrote:
+            # Ring only a shard that announced sleep (shm/doorbell.py); a busy one will see the
+            # records before it blocks.
+            fence()
+            for s, sender in enumerate(self.senders):
+                if wrote >> s & 1 and sender.ring.consumer_sleeping:
+                    os.eventfd_write(self.shard_bells[s], 1)
         paused = pending > PAUSE_HIGH_WATER
         if paused != self.paused:
             self.paused = paused
@@ -530,10 +539,9 @@ class Front:
         unpack = HEADER.unpack_from
         limit = self.output_limit
         writers = self.writers
-        for s, receiver in enumerate(self.receivers):
+        receivers = self.receivers
+        for s, receiver in enumerate(receivers):
             msgs = receiver.receive()
-            if receiver.producer_wants_wake():  # also after a fragment alone
-                os.eventfd_write(self.shard_bells[s], 1)
             if not msgs:
                 continue
             for m in msgs:
@@ -581,6 +589,12 @@ class Front:
                                 writers.add(conn)
                 else:
                     self.control_message(s, op, extra, conn_id, m)
+        # A shard that found its ring full waits for room (also after a fragment alone): the
+        # head stores of the receives above, then a fence, then its flag (shm/doorbell.py).
+        fence()
+        for s, receiver in enumerate(receivers):
+            if receiver.producer_wants_wake():
+                os.eventfd_write(self.shard_bells[s], 1)
 
     def control_message(self, s: int, op: int, extra: int, conn_id: int, m: bytes) -> None:
         """A message from shard `s` off the data path (anything but OP_REPLY and OP_SEND)."""

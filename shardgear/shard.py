@@ -42,6 +42,7 @@ from shardgear.proto.packets import NO_JOB_PACKET, PacketType
 from shardgear.scheduler import ERR_STORE, Scheduler
 from shardgear.shm import layout
 from shardgear.shm.channel import Receiver, Sender
+from shardgear.shm.doorbell import announce_sleep, awake, fence
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
 
@@ -200,6 +201,8 @@ class Shard:
         sched = self.scheduler
         joblog = self.joblog
         senders = self.senders
+        receivers = self.receivers
+        in_rings = [r.ring for r in receivers]
         bell = self.my_bell
         tick = 0
         while self.running:
@@ -210,18 +213,23 @@ class Shard:
                 deadline = sched.next_deadline()
                 if deadline is not None:
                     timeout = min(timeout, max(0.0, deadline - time.time()))
+            if not announce_sleep(in_rings):
+                timeout = 0.0  # a front wrote meanwhile: drain it, do not block
             try:
                 if epoll.poll(timeout):
                     os.eventfd_read(bell)
             except (InterruptedError, BlockingIOError):
                 pass
+            awake(in_rings)
             now = time.time()
-            for f, receiver in enumerate(self.receivers):
+            for f, receiver in enumerate(receivers):
                 msgs = receiver.receive()
-                if receiver.producer_wants_wake():  # also after a fragment alone
-                    os.eventfd_write(self.front_bells[f], 1)
                 if msgs:
                     self.handle(f, msgs, now)
+            fence()  # our head stores, then the fronts' producer_waiting flags
+            for f, receiver in enumerate(receivers):
+                if receiver.producer_wants_wake():  # also after a fragment alone
+                    os.eventfd_write(self.front_bells[f], 1)
             deadline = sched.next_deadline()
             if deadline is not None and deadline <= now:
                 sched.tick(now)
@@ -339,15 +347,22 @@ class Shard:
         self.outbox[front].append(message)
 
     def flush(self) -> None:
-        """Move this turn's messages into the rings (one publish per ring) and ring doorbells."""
+        """Move this turn's messages into the rings (one publish per ring) and ring the doorbells
+        of the fronts that announced sleep (shm/doorbell.py)."""
         outbox = self.outbox
+        wrote = 0  # bit mask of the rings written
         for f, sender in enumerate(self.senders):
             box = outbox[f]
             if box:
                 outbox[f] = []
                 sender.send_many(box)
             if sender.flush():
-                os.eventfd_write(self.front_bells[f], 1)
+                wrote |= 1 << f
+        if wrote:
+            fence()
+            for f, sender in enumerate(self.senders):
+                if wrote >> f & 1 and sender.ring.consumer_sleeping:
+                    os.eventfd_write(self.front_bells[f], 1)
 
     def admin(self, conn: int, gid: int, body: bytes) -> None:
         """Answer an admin request from a front (orjson in, orjson out)."""

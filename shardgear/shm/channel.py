@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
+from shardgear.shm.doorbell import fence
 from shardgear.shm.ring import Ring
 
 FLAG_MORE: Final = 1
@@ -121,9 +122,10 @@ class Sender:
         ring = self._ring
         if ring.put(payload, flags):
             return True
-        # Set the flag, then re-check: space freed before the consumer saw the flag would
-        # otherwise never be announced.
+        # Set the flag, fence, then re-check: space freed before the consumer saw the flag would
+        # otherwise never be announced (shm/doorbell.py).
         ring.producer_waiting = True
+        fence()
         return ring.put(payload, flags)
 
     def _drain(self) -> None:
@@ -231,7 +233,8 @@ class Receiver:
     def producer_wants_wake(self) -> bool:
         """Return True, once, if the producer is waiting for room: the caller rings its doorbell.
 
-        Call it after ``receive`` has freed space. It clears the ring's ``producer_waiting``.
+        Call it after ``receive`` has freed space, and after a `shardgear.shm.doorbell.fence`
+        (the head stores before it, then this load). It clears the ring's ``producer_waiting``.
         """
         ring = self._ring
         if ring.producer_waiting:
