@@ -3,12 +3,15 @@
 Theory of operation
 -------------------
 A shard owns the functions whose names hash to it (`routing.shard_for`). Fronts forward each request
-as ``(conn, ptype, body)``; `Scheduler.handle_packet` applies it and appends *effects*
-``(op, conn, body)`` to `Scheduler.out` (ops from `shardgear.messages`): OP_SEND with one complete
-Gearman response packet, OP_WAKE for a sleeping worker that has work, OP_EXCEPTION with
-``HANDLE\\0DATA`` for a client (the front picks WORK_EXCEPTION or WORK_FAIL by the client's option),
-OP_CLOSE for a protocol error gearmand closes the connection for. The shard loop swaps `out` for a
-new list after each batch, so effects are only ever appended through ``self.out.append``.
+as ``(conn, ptype, body)``; `Scheduler.handle_packet` applies it and appends its *effects* to
+`Scheduler.out` as complete front<->shard messages (`shardgear.messages`: the 16-byte header, then
+the body), ready for the ring of the front that owns the connection (byte 15 of a message is that
+front's index): OP_SEND or OP_REPLY with one complete Gearman response packet, OP_WAKE for a
+sleeping worker that has work, OP_EXCEPTION with ``HANDLE\\0DATA`` for a client (the front picks
+WORK_EXCEPTION or WORK_FAIL by the client's option), OP_CLOSE for a protocol error gearmand closes
+the connection for. Building the messages here, rather than effect tuples for the shard to
+translate, saves an object and a copy per message. The shard loop swaps `out` for a new list after
+each batch, so effects are only ever appended through `_send`, `_close` and `_emit`.
 
 No sockets, no clock (time comes in as ``now``, seconds), no randomness, no logging except through
 the optional ``log`` callable. Nothing a peer sends raises: a malformed body gets an ERROR packet,
@@ -86,7 +89,7 @@ from .jobs import (
     Worker,
     add_client,
 )
-from .messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE, front_of
+from .messages import HEADER, OP_CLOSE, OP_EXCEPTION, OP_REPLY, OP_SEND, OP_WAKE, front_of
 from .proto.numbers import atou32, strtoll
 from .proto.packets import RES_MAGIC, PacketType, error_packet, response
 
@@ -141,6 +144,7 @@ HANDLE_SIZE: Final = 64  # handles are shorter than this
 _COMPACT_MIN: Final = 256  # compact a function's deques past this many tombstones
 
 _II = struct.Struct("!II")
+_header = HEADER.pack
 _RES: Final = RES_MAGIC
 _pack = _II.pack
 _res = response
@@ -194,7 +198,7 @@ class Scheduler:
         # the largest handle number must still give a handle shorter than HANDLE_SIZE
         if len(prefix) + 20 >= HANDLE_SIZE:
             raise ValueError("handle_prefix too long: handles must stay under 64 bytes")
-        self.out: list[tuple[int, int, bytes]] = []
+        self.out: list[bytes] = []  # this batch's messages to fronts (see the module docstring)
         self.shard_index = shard_index
         self.shard_count = shard_count
         self.job_retries = job_retries
@@ -217,49 +221,85 @@ class Scheduler:
         self._timers: list[tuple[float, int, Worker]] = []  # (at, seq, worker): CAN_DO_TIMEOUT
         self._seq = 0
         self._running = 0
-        d: dict[int, Callable[[int, int, bytes, float], None]] = {}
-        for t in _SUBMITS:
-            d[t] = self._submit
-        d[SUBMIT_JOB_EPOCH] = self._submit_epoch
-        d[SUBMIT_REDUCE_JOB] = self._submit_reduce
-        d[SUBMIT_REDUCE_JOB_BACKGROUND] = self._submit_reduce
-        d[GRAB_JOB] = self._grab
-        d[GRAB_JOB_UNIQ] = self._grab
-        d[GRAB_JOB_ALL] = self._grab
-        d[PRE_SLEEP] = self._pre_sleep
-        d[CAN_DO] = self._can_do
-        d[CAN_DO_TIMEOUT] = self._can_do
-        d[CANT_DO] = self._cant_do
-        d[RESET_ABILITIES] = self._reset_abilities
-        d[WORK_DATA] = self._work_data
-        d[WORK_WARNING] = self._work_data
-        d[WORK_STATUS] = self._work_status
-        d[WORK_COMPLETE] = self._work_end
-        d[WORK_EXCEPTION] = self._work_end
-        d[WORK_FAIL] = self._work_fail
-        d[GET_STATUS] = self._get_status
-        d[GET_STATUS_UNIQUE] = self._get_status_unique
-        d[ECHO_REQ] = self._echo
-        d[SET_CLIENT_ID] = self._front_only
-        d[OPTION_REQ] = self._front_only
-        self._dispatch = d
+        self._reply_conn = -1  # the connection whose request's reply is still to come
+        self._reply_seq = 0  # that request's sequence number (see handle_packet)
 
     # ------------------------------------------------------------------ entry points
 
-    def handle_packet(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+    def handle_packet(
+        self, conn: int, ptype: int, body: bytes, now: float, seq: int = -1
+    ) -> None:
         """Apply one request from connection `conn`. Never raises for any input.
 
-        For a request that has a reply (SUBMIT_*, GRAB_JOB*, GET_STATUS*), the first OP_SEND to
-        `conn` this call appends is that reply (the shard relies on it to keep replies in order).
-        Timers are not fired here: the caller runs `tick(now)` once `next_deadline()` is due.
+        `seq` (0 or more) is the sequence number of a request that has a reply (SUBMIT_*,
+        GRAB_JOB*, GET_STATUS*): the first packet this call sends to `conn` is that reply, and goes
+        out as an OP_REPLY message carrying `seq`, so that the front keeps replies in request
+        order. Timers are not fired here: the caller runs `tick(now)` once `next_deadline()` is
+        due. Returns False if a reply was due and none was produced (a bug to log).
         """
-        h = self._dispatch.get(ptype)
-        if h is not None:
-            h(conn, ptype, body, now)
+        if seq >= 0:
+            self._reply_conn = conn
+            self._reply_seq = seq
+        # An if-chain, most frequent first: compiled, these are direct calls (a dict of bound
+        # methods went through Python's calling convention, boxing every argument).
+        if ptype in (WORK_COMPLETE, WORK_EXCEPTION):
+            self._work_end(conn, ptype, body, now)
+        elif ptype in (GRAB_JOB, GRAB_JOB_UNIQ, GRAB_JOB_ALL):
+            self._grab(conn, ptype, body, now)
+        elif ptype in _SUBMITS:
+            self._submit(conn, ptype, body, now)
+        elif ptype == PRE_SLEEP:
+            self._pre_sleep(conn, ptype, body, now)
+        elif ptype in (WORK_DATA, WORK_WARNING):
+            self._work_data(conn, ptype, body, now)
+        elif ptype == WORK_STATUS:
+            self._work_status(conn, ptype, body, now)
+        elif ptype == WORK_FAIL:
+            self._work_fail(conn, ptype, body, now)
+        elif ptype in (CAN_DO, CAN_DO_TIMEOUT):
+            self._can_do(conn, ptype, body, now)
+        elif ptype == CANT_DO:
+            self._cant_do(conn, ptype, body, now)
+        elif ptype == RESET_ABILITIES:
+            self._reset_abilities(conn, ptype, body, now)
+        elif ptype == SUBMIT_JOB_EPOCH:
+            self._submit_epoch(conn, ptype, body, now)
+        elif ptype in (SUBMIT_REDUCE_JOB, SUBMIT_REDUCE_JOB_BACKGROUND):
+            self._submit_reduce(conn, ptype, body, now)
+        elif ptype == GET_STATUS:
+            self._get_status(conn, ptype, body, now)
+        elif ptype == GET_STATUS_UNIQUE:
+            self._get_status_unique(conn, ptype, body, now)
+        elif ptype == ECHO_REQ:
+            self._echo(conn, ptype, body, now)
+        elif ptype in (SET_CLIENT_ID, OPTION_REQ):
+            self._front_only(conn, ptype, body, now)
         elif 0 < ptype <= MAX_PACKET_TYPE:
-            self.out.append((OP_SEND, conn, _ERR_NOT_EXPECTED))
+            self._send(conn, _ERR_NOT_EXPECTED)
         else:
-            self.out.append((OP_CLOSE, conn, b""))
+            self._close(conn)
+        if self._reply_conn >= 0:
+            self._reply_conn = -1
+            if seq >= 0 and self._log is not None:
+                self._log(f"no reply produced for packet type {ptype} of connection {conn:#x}")
+
+    # ------------------------------------------------------------------ effects
+
+    def _send(self, conn: int, packet: bytes) -> None:
+        """Send one complete Gearman packet to `conn` (as the reply, if it is the one due)."""
+        if conn == self._reply_conn:
+            self._reply_conn = -1
+            self.out.append(_header(OP_REPLY, 0, self._reply_seq, conn) + packet)
+        else:
+            self.out.append(_header(OP_SEND, 0, 0, conn) + packet)
+
+    def _close(self, conn: int) -> None:
+        """Have the front close `conn` (a protocol error gearmand closes for)."""
+        self.out.append(_header(OP_CLOSE, 0, 0, conn))
+
+    def _emit(self, op: int, conn: int, body: bytes) -> None:
+        """Any other effect: OP_WAKE (empty body), OP_EXCEPTION (``HANDLE\\0DATA``)."""
+        self.out.append(_header(op, 0, 0, conn) + body)
 
     def disconnect(self, conn: int, now: float) -> None:
         """Connection `conn` is gone: requeue what it held, drop its registrations, detach it
@@ -400,7 +440,7 @@ class Scheduler:
             parts.append(b"")
         when = strtoll(parts[2])
         if when is None:
-            self.out.append((OP_CLOSE, conn, b""))
+            self._close(conn)
             return
         self._add(conn, parts[0], parts[1], parts[3], NORMAL, True, when, b"", now)
 
@@ -423,9 +463,8 @@ class Scheduler:
         reducer: bytes,
         now: float,
     ) -> None:
-        out = self.out
         if len(unique) > MAX_UNIQUE:
-            out.append((OP_SEND, conn, _ERR_UNIQUE))
+            self._send(conn, _ERR_UNIQUE)
             return
         f = self._functions.get(name)
         if f is None:
@@ -444,11 +483,11 @@ class Scheduler:
                 if self._joblog is not None:
                     self._joblog.attach(job, conn)
             handle = job.handle
-            out.append((OP_SEND, conn, _RES + _pack(JOB_CREATED, len(handle)) + handle))
+            self._send(conn, _RES + _pack(JOB_CREATED, len(handle)) + handle)
             return
         limit = f.maxq[prio]
         if limit > 0 and f.total >= limit:
-            out.append((OP_SEND, conn, _ERR_QUEUE_FULL))
+            self._send(conn, _ERR_QUEUE_FULL)
             return
         n = self._next_n
         handle = self._prefix + b"%d" % n
@@ -460,7 +499,7 @@ class Scheduler:
             add_client(job, conn)
             self._attach(conn, job)
         self._next_n = n + self.shard_count
-        out.append((OP_SEND, conn, _RES + _pack(JOB_CREATED, len(handle)) + handle))
+        self._send(conn, _RES + _pack(JOB_CREATED, len(handle)) + handle)
         self._insert(job, when, now)
         if self._joblog is not None:
             self._joblog.new(job, 0 if bg else conn)
@@ -561,12 +600,11 @@ class Scheduler:
         sl = f.sleepers
         k = self.worker_wakeup
         woken = list(sl) if k <= 0 or k >= len(sl) else list(islice(sl, k))
-        out = self.out
         for w in woken:
             w.woken = True
             for g in w.funcs:
                 g.sleepers.pop(w, None)
-            out.append((OP_WAKE, w.conn, b""))
+            self._emit(OP_WAKE, w.conn, b"")
 
     # ------------------------------------------------------------------ workers
 
@@ -577,7 +615,7 @@ class Scheduler:
             name, _, t = body.partition(b"\0")
             tv = strtoll(t)
             if tv is None or len(t) > 20:
-                self.out.append((OP_CLOSE, conn, b""))
+                self._close(conn)
                 return
             timeout = tv
         w = self._workers.get(conn)
@@ -638,7 +676,7 @@ class Scheduler:
                 w.woken = True
                 for g in w.funcs:
                     g.sleepers.pop(w, None)
-                self.out.append((OP_WAKE, conn, b""))
+                self._emit(OP_WAKE, conn, b"")
                 return
         w.woken = False
         for f in w.funcs:
@@ -647,7 +685,7 @@ class Scheduler:
     def _grab(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         w = self._workers.get(conn)
         if w is None:
-            self.out.append((OP_SEND, conn, _NO_JOB))
+            self._send(conn, _NO_JOB)
             return
         funcs = w.funcs
         if w.sleeping:
@@ -669,7 +707,7 @@ class Scheduler:
                 if p == 0:
                     break
         if chosen is None:
-            self.out.append((OP_SEND, conn, _NO_JOB))
+            self._send(conn, _NO_JOB)
             return
         if body and body != chosen.name:
             pf = self._functions.get(body)
@@ -710,7 +748,7 @@ class Scheduler:
             u = job.unique
             size = len(h) + len(name) + len(u) + len(data) + 3
             parts = (_pack(JOB_ASSIGN_UNIQ, size), h, b"\0", name, b"\0", u, b"\0", data)
-        self.out.append((OP_SEND, conn, _RES + b"".join(parts)))
+        self._send(conn, _RES + b"".join(parts))
 
     def _push_timer(self, w: Worker, at: float) -> None:
         self._seq += 1
@@ -727,15 +765,14 @@ class Scheduler:
         return job
 
     def _relay(self, job: Job, packet: bytes) -> None:
-        out = self.out
         for c in job.clients:
-            out.append((OP_SEND, c, packet))
+            self._send(c, packet)
 
     def _work_data(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         i = body.find(b"\0")
         job = self._held(conn, body if i < 0 else body[:i])
         if job is None:
-            self.out.append((OP_SEND, conn, _ERR_NO_JOB_DATA))
+            self._send(conn, _ERR_NO_JOB_DATA)
         elif job.clients:
             self._relay(job, _RES + _pack(ptype, len(body)) + body)
 
@@ -744,11 +781,11 @@ class Scheduler:
         while len(parts) < 3:
             parts.append(b"")
         if len(parts[2]) > 11:
-            self.out.append((OP_CLOSE, conn, b""))
+            self._close(conn)
             return
         job = self._held(conn, parts[0])
         if job is None:
-            self.out.append((OP_SEND, conn, _ERR_NO_JOB_RESULT))
+            self._send(conn, _ERR_NO_JOB_RESULT)
             return
         job.num = atou32(parts[1])
         job.den = atou32(parts[2])
@@ -762,25 +799,24 @@ class Scheduler:
         job = self._held(conn, handle)
         if job is None:
             err = _ERR_NO_JOB_RESULT if ptype == WORK_COMPLETE else _ERR_NO_JOB_EXC
-            self.out.append((OP_SEND, conn, err))
+            self._send(conn, err)
             return
         if job.clients:
             if ptype == WORK_COMPLETE:
                 self._relay(job, _RES + _pack(ptype, len(body)) + body)
             else:
                 exc = body if i >= 0 else body + b"\0"
-                out = self.out
                 for c in job.clients:
-                    out.append((OP_EXCEPTION, c, exc))
+                    self._emit(OP_EXCEPTION, c, exc)
         self._finish(job)
 
     def _work_fail(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         if len(body) >= HANDLE_SIZE:
-            self.out.append((OP_SEND, conn, _ERR_HANDLE_SIZE))
+            self._send(conn, _ERR_HANDLE_SIZE)
             return
         job = self._held(conn, body)
         if job is None:
-            self.out.append((OP_SEND, conn, _ERR_NO_JOB_RESULT))
+            self._send(conn, _ERR_NO_JOB_RESULT)
             return
         if job.clients:
             self._relay(job, _RES + _pack(WORK_FAIL, len(body)) + body)
@@ -790,7 +826,7 @@ class Scheduler:
 
     def _get_status(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         if len(body) >= HANDLE_SIZE:
-            self.out.append((OP_CLOSE, conn, b""))
+            self._close(conn)
             return
         job = self._jobs.get(body)
         if job is None:
@@ -798,19 +834,19 @@ class Scheduler:
         else:
             running = b"1" if job.state == RUNNING else b"0"
             pkt = _res(STATUS_RES, body, b"1", running, b"%d" % job.num, b"%d" % job.den)
-        self.out.append((OP_SEND, conn, pkt))
+        self._send(conn, pkt)
 
     def _get_status_unique(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         """This shard's answer only; with several shards the front gathers `status_unique`."""
         if len(body) >= MAX_UNIQUE:
-            self.out.append((OP_CLOSE, conn, b""))
+            self._close(conn)
             return
         st = self.status_unique(body) or (0, 0, 0, 0, 0)
         pkt = _res(STATUS_RES_UNIQUE, body, *(b"%d" % x for x in st))
-        self.out.append((OP_SEND, conn, pkt))
+        self._send(conn, pkt)
 
     def _echo(self, conn: int, ptype: int, body: bytes, now: float) -> None:
-        self.out.append((OP_SEND, conn, _RES + _pack(ECHO_RES, len(body)) + body))
+        self._send(conn, _RES + _pack(ECHO_RES, len(body)) + body)
 
     def _front_only(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         if self._log is not None:

@@ -69,7 +69,6 @@ REPLY_TYPES = frozenset(
 GRAB_TYPES = frozenset({P.GRAB_JOB, P.GRAB_JOB_UNIQ, P.GRAB_JOB_ALL})
 RESULT_TYPES = frozenset({P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION})
 _JOB_CREATED = struct.pack("!I", P.JOB_CREATED)
-OP_SEND = messages.OP_SEND
 OP_REPLY = messages.OP_REPLY
 
 
@@ -106,7 +105,6 @@ class Shard:
         self.draining = False
         self.outbox: list[list[bytes]] = [[] for _ in range(self.fronts)]  # this loop turn's
         self.fronts_seen: set[int] = set()
-        self.reply_seqs: dict[int, int] = {}  # index in scheduler.out -> seq of the request
 
     def _new_scheduler(self) -> Scheduler:
         config = self.config
@@ -181,9 +179,9 @@ class Shard:
         for handle in lost:
             shard_admin.cancel_job(sched, handle)
         out = sched.out
-        for i, (op, conn, body) in enumerate(out):
-            if op == OP_SEND and body[4:8] == _JOB_CREATED and body[12:] in lost_set:
-                out[i] = (op, conn, ERR_STORE)
+        for i, m in enumerate(out):  # header (16 bytes), then the packet
+            if m[20:24] == _JOB_CREATED and m[28:] in lost_set:
+                out[i] = m[:16] + ERR_STORE
         log.error("%d background jobs refused: the job log could not keep them", len(lost))
 
     def run(self, control: memoryview | None = None) -> None:
@@ -272,21 +270,18 @@ class Shard:
         for m in msgs:
             op, arg, extra, conn = HEADER.unpack_from(m)
             if op == messages.OP_PACKET:
-                if self.draining and arg in GRAB_TYPES:
-                    self.reply_seqs[len(sched.out)] = extra
-                    sched.out.append((OP_SEND, conn, NO_JOB_PACKET))
+                if arg in REPLY_TYPES:
+                    if self.draining and arg in GRAB_TYPES:
+                        sched.out.append(HEADER.pack(OP_REPLY, 0, extra, conn) + NO_JOB_PACKET)
+                    else:
+                        sched.handle_packet(conn, arg, m[16:], now, extra)
                 elif extra == messages.REPLAYED and arg in RESULT_TYPES:
                     # a result re-sent after our predecessor died: apply it if the job is still
                     # running here; an error ("not found": it was done) must not reach the worker
                     out = sched.out
                     start = len(out)
                     sched.handle_packet(conn, arg, m[16:], now)
-                    out[start:] = [e for e in out[start:] if e[1] != conn]
-                elif arg in REPLY_TYPES:
-                    out = sched.out
-                    start = len(out)
-                    sched.handle_packet(conn, arg, m[16:], now)
-                    self._mark_reply(start, conn, extra)
+                    out[start:] = [e for e in out[start:] if HEADER.unpack_from(e)[3] != conn]
                 else:
                     sched.handle_packet(conn, arg, m[16:], now)
             elif op == messages.OP_DISCONNECT:
@@ -316,32 +311,16 @@ class Shard:
             else:
                 log.error("unknown message op %d from front %d", op, front)
 
-    def _mark_reply(self, start: int, conn: int, seq: int) -> None:
-        """Mark the first packet sent to `conn` since `start` as the reply numbered `seq`."""
-        out = self.scheduler.out
-        for i in range(start, len(out)):
-            op, c, _body = out[i]
-            if c == conn and op == OP_SEND:
-                self.reply_seqs[i] = seq
-                return
-        log.error("no reply produced for a request of connection %x", conn)
-
     def route(self) -> None:
-        """Write the scheduler's effects to the rings of the fronts that own the connections."""
+        """Move the scheduler's messages to the outboxes of the fronts that own their
+        connections (a connection's front is the top byte of its id: byte 15 of a message)."""
         out, self.scheduler.out = self.scheduler.out, []
-        seqs, self.reply_seqs = self.reply_seqs, {}
-        pack = HEADER.pack
         outbox = self.outbox
         fronts = self.fronts
-        for i, (op, conn, body) in enumerate(out):
-            front = conn >> messages.FRONT_SHIFT
-            if front >= fronts:
-                continue
-            seq = seqs.get(i) if seqs else None
-            if seq is None:
-                outbox[front].append(pack(op, 0, 0, conn) + body)
-            else:
-                outbox[front].append(pack(OP_REPLY, 0, seq, conn) + body)
+        for m in out:
+            front = m[15]
+            if front < fronts:
+                outbox[front].append(m)
 
     def send(self, front: int, message: bytes) -> None:
         self.outbox[front].append(message)

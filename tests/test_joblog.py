@@ -29,6 +29,7 @@ from shardgear.joblog import (
 )
 from shardgear.jobs import QUEUED, RUNNING
 from shardgear.scheduler import Scheduler
+from tests.effects import take_effects
 from tests.test_scheduler_invariants import FRONT_OF, ops
 
 SUBMIT_JOB, SUBMIT_JOB_BG, GRAB_JOB, WORK_COMPLETE, CAN_DO = 7, 18, 9, 13, 1
@@ -80,7 +81,7 @@ def crash(path: str, now: float = 1000.0, run: int = RUN, **kw: Any) -> Schedule
 
 def handle_of(s: Scheduler, conn: int, ptype: int, body: bytes, now: float = 1000.0) -> bytes:
     s.handle_packet(conn, ptype, body, now)
-    out, s.out = s.out, []
+    out = take_effects(s)
     return out[0][2][12:].split(b"\0", 1)[0]
 
 
@@ -382,7 +383,7 @@ def test_recovery_rebuilds_queues_clients_workers_and_counters(tmp_path: Path) -
     assert submit(s2, C1, b"f", b"new") == submit(s, C1, b"f", b"new")  # a new handle
     # the worker that held a job completes it after the restart; its client hears of it
     s2.handle_packet(W2, WORK_COMPLETE, fg[0] + b"\0done", 0.0)
-    out, s2.out = s2.out, []
+    out = take_effects(s2)
     assert [(c, b[12:]) for _op, c, b in out] == [(C1, fg[0] + b"\0done")]
     check_invariants(s2)
     # queue order survives; W1 did not register again (its connection closed while no shard

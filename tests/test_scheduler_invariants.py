@@ -15,6 +15,7 @@ from shardgear import routing, shard_admin
 from shardgear.invariants import check_invariants
 from shardgear.messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE
 from shardgear.scheduler import Scheduler
+from tests.effects import take_effects
 
 FRONT_OF = [0, 0, 0, 0, 0, 1, 1]  # connection slot -> front; slots are reused with a new id
 FUNCS = [b"a", b"b", b"c", b"A"]
@@ -147,7 +148,7 @@ def run(steps: list[tuple[Any, ...]], retries: int, wakeup: int) -> None:
             shard_admin.maxqueue(s, step[1], (step[2], step[2], step[2]))
         elif kind == "raw":
             s.handle_packet(step[1], step[2], step[3], now)
-        out, s.out = s.out, []
+        out = take_effects(s)
         check_effects(out, live)
         live = {cid(i) for i in range(len(FRONT_OF))}
         for job in s.jobs():
