@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 LEVEL_NAMES: Final = {
     "debug": b"DEBUG",
     "info": b"INFO",
+    "notice": b"NOTICE",
     "warning": b"WARNING",
     "error": b"ERROR",
     "critical": b"CRITICAL",

@@ -29,9 +29,14 @@ def _record(signum: int, frame: object) -> None:
 for _sig in (signal.SIGTERM, signal.SIGUSR1):
     signal.signal(_sig, _record)
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor; it stops us
+# A reload is the supervisor's business (it republishes the config; we read it from shared
+# memory), and `systemctl kill -s HUP` or a closing terminal signals the whole group.
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the supervisor's spawn
 
 import orjson  # noqa: E402 (after the handlers: every moment counts)
 
+from shardgear import logs  # noqa: E402
 from shardgear.config import Config  # noqa: E402
 from shardgear.instance import Instance  # noqa: E402
 
@@ -43,10 +48,7 @@ def main(argv: list[str]) -> int:
     role, index_text, sup_text, bells_text, config_json = argv
     config = Config.from_json_dict(orjson.loads(config_json))
     index = int(index_text)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(asctime)s shardgear[{os.getpid()}] {role}{index} %(levelname)s %(message)s",
-    )
+    logs.setup(f"{role}{index}", config.log_level)
     instance = Instance(config.port, int(sup_text), config.fronts, config.shards)
     doorbells = [int(x) for x in bells_text.split(",")]
     from shardgear.shm.layout import control_view

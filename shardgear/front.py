@@ -39,13 +39,14 @@ from zlib import crc32
 
 import orjson
 
-from shardgear import grab, messages, routing
+from shardgear import grab, logs, messages, routing
 from shardgear.admin_commands import AdminCommands
 from shardgear.config import Config
 from shardgear.connection import E_DATA, E_SEQ, E_SHARD, Conn
 from shardgear.front_recovery import ShardRestarts
 from shardgear.gather import Gathers
 from shardgear.instance import Instance
+from shardgear.live_config import SettingsReader
 from shardgear.messages import HEADER, json_text
 from shardgear.proto import errors
 from shardgear.proto.numbers import fits_int64
@@ -142,6 +143,7 @@ class Front:
             self.receivers.append(Receiver(Ring(in_seg.buf)))
             board_seg = self._attach(instance.board(s))
             self.boards.append(layout.board_view(board_seg.buf))
+        self.settings = SettingsReader(self._attach(instance.settings).buf)
         self.conns: dict[int, Conn] = {}  # by fd
         self.by_id: dict[int, Conn] = {}
         self.next_conn = (index << messages.FRONT_SHIFT) | ((os.getpid() & 0xFFFFFF) << 32)
@@ -272,9 +274,21 @@ class Front:
             tick += 1
             if control is not None:
                 control[layout.CTRL_HEARTBEAT] = tick
+                if self.settings.changed():  # a reload (live_config)
+                    self.apply_settings(control)
             if not self.accepting and self.listener is not None:
                 self.stop_accepting()
         self.shutdown()
+
+    def apply_settings(self, control: memoryview) -> None:
+        """Apply a reloaded config: log level, output limit; packet size and the exceptions
+        option for new connections."""
+        got = self.settings.read()
+        if got is not None:
+            generation, self.config = got
+            logs.set_level(self.config.log_level)
+            self.output_limit = self.config.output_limit
+            control[layout.CTRL_SETTINGS] = generation
 
     def install_signals(self, early: list[int]) -> None:
         """Take over SIGTERM (stop) and SIGUSR1 (stop accepting), applying any that came early."""

@@ -44,8 +44,13 @@ class Instance:
         """The control block: one slot per child (heartbeat, pid, state, running jobs)."""
         return f"{self.prefix}.control"
 
+    @property
+    def settings(self) -> str:
+        """The running config, republished on each reload (``live_config``)."""
+        return f"{self.prefix}.settings"
+
     def all_names(self) -> list[str]:
-        names = [self.control]
+        names = [self.control, self.settings]
         for s in range(self.shards):
             names.append(self.board(s))
             for f in range(self.fronts):

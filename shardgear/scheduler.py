@@ -187,6 +187,7 @@ class Scheduler:
         board: MutableSequence[int] | memoryview | None = None,
         durable: bool = False,
         log: Callable[[str], None] | None = None,
+        on_new_function: Callable[[Function], None] | None = None,
     ) -> None:
         if not 0 <= shard_index < shard_count:
             raise ValueError("shard_index must be in [0, shard_count)")
@@ -209,6 +210,8 @@ class Scheduler:
         self._joblog: JobLogHooks | None = None  # set by recovery.start_log
         self._recovered: dict[int, Worker] = {}  # recovered workers not re-registered yet
         self._log = log
+        # hook: gives a function its configured settings (function_settings.py) when created
+        self._on_new_function = on_new_function
         self._functions: dict[bytes, Function] = {}
         self._jobs: dict[bytes, Job] = {}
         self._workers: dict[int, Worker] = {}
@@ -506,6 +509,8 @@ class Scheduler:
         if f is None:
             f = Function(name, routing.board_slot(name) * routing.PRIORITIES)
             self._functions[name] = f
+            if self._on_new_function is not None:
+                self._on_new_function(f)
         return f
 
     # ------------------------------------------------------------------ queues

@@ -33,10 +33,12 @@ import time
 
 import orjson
 
-from shardgear import messages, recovery, shard_admin
+from shardgear import logs, messages, recovery, shard_admin
 from shardgear.config import Config
+from shardgear.function_settings import FunctionSettingsApplier
 from shardgear.instance import Instance
 from shardgear.joblog import JobLog, read_log
+from shardgear.live_config import SettingsReader
 from shardgear.messages import HEADER
 from shardgear.proto.packets import NO_JOB_PACKET, PacketType
 from shardgear.scheduler import ERR_STORE, Scheduler
@@ -101,6 +103,8 @@ class Shard:
             sync=config.store_sync == "full",
             log=log.error,
         )
+        self.settings = SettingsReader(self._attach(instance.settings).buf)
+        self.function_settings = FunctionSettingsApplier(config)
         self.scheduler = self._new_scheduler()
         self.running = True
         self.draining = False
@@ -119,6 +123,7 @@ class Shard:
             board=self.board,
             durable=self.config.store != "none",
             log=log.warning,
+            on_new_function=self.function_settings.apply,
         )
 
     def _attach(self, name: str) -> Segment:
@@ -250,9 +255,27 @@ class Shard:
             tick += 1
             if control is not None:
                 control[layout.CTRL_HEARTBEAT] = tick
+                if self.settings.changed():  # a reload (live_config)
+                    self.apply_settings(control)
         joblog.close()
         for seg in self.segments:
             seg.close()
+
+    def apply_settings(self, control: memoryview) -> None:
+        """Apply a reloaded config: log level, job retries, wake-ups, per-function settings."""
+        got = self.settings.read()
+        if got is None:
+            return
+        generation, config = got
+        self.config = config
+        logs.set_level(config.log_level)
+        sched = self.scheduler
+        sched.job_retries = config.job_retries
+        sched.worker_wakeup = config.worker_wakeup
+        changed = self.function_settings.reload(config, sched.functions())
+        if changed:
+            log.info("reload: new settings for %d functions", changed)
+        control[layout.CTRL_SETTINGS] = generation
 
     def install_signals(self, early: list[int]) -> None:
         """Take over SIGTERM (stop) and SIGUSR1 (drain), applying any that came early."""

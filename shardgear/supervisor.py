@@ -33,14 +33,17 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import ExitStack
 
 import orjson
 
-from shardgear import __version__, build_info
+from shardgear import __version__, build_info, logs
 from shardgear.child import EXIT_BOOT_ERROR
 from shardgear.config import Config
+from shardgear.config_file import ConfigError, reload_changes
 from shardgear.instance import Instance, prefix_for_port
+from shardgear.live_config import SEGMENT_BYTES, SettingsWriter
 from shardgear.reshard import prepare_job_logs
 from shardgear.shm import layout
 from shardgear.shm.ring import Ring
@@ -52,6 +55,7 @@ log = logging.getLogger("shardgear.supervisor")
 STOP_TIMEOUT = 5.0
 RESTART_WINDOW = 60.0
 RESTART_LIMIT = 5
+RELOAD_TIMEOUT = 5.0
 
 
 class HaltServer(Exception):
@@ -77,8 +81,12 @@ class Child:
 class Supervisor:
     """Owns every shared object and child process of one server instance."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, reload: Callable[[], Config] | None = None) -> None:
         self.config = config
+        self.load_config = reload
+        self.settings: SettingsWriter | None = None
+        self.reload_generation = 0  # the settings generation every child must acknowledge
+        self.reload_deadline = 0.0
         self.instance = Instance(config.port, os.getpid(), config.fronts, config.shards)
         self.stack = ExitStack()
         self.segments: list[Segment] = []
@@ -103,6 +111,9 @@ class Supervisor:
         inst = self.instance
         n_children = self.config.fronts + self.config.shards
         self.control_seg = self._create(inst.control, layout.control_bytes(n_children))
+        self.settings = SettingsWriter(self._create(inst.settings, SEGMENT_BYTES).buf)
+        self.stack.callback(self.settings.release)
+        self.settings.publish(self.config)
         ring_bytes = layout.ring_bytes(self.config.ring_size)
         for s in range(self.config.shards):
             board = self._create(inst.board(s), layout.BOARD_BYTES)
@@ -146,7 +157,14 @@ class Supervisor:
             ",".join(map(str, self.doorbells)),
             orjson.dumps(self.config.to_json_dict()).decode(),
         ]
-        child.proc = subprocess.Popen(cmd, pass_fds=self.doorbells, stdin=subprocess.DEVNULL)
+        # SIGHUP stays blocked (pending, not lost) across the spawn: the child inherits the mask
+        # and unblocks it once it ignores SIGHUP, so a HUP to the whole group (systemctl kill)
+        # cannot kill a child that is still starting.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            child.proc = subprocess.Popen(cmd, pass_fds=self.doorbells, stdin=subprocess.DEVNULL)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         log.info("started %s as pid %d", child.name, child.proc.pid)
 
     def reap(self) -> None:
@@ -308,7 +326,11 @@ class Supervisor:
                     return
                 if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                     self.start_graceful_stop(signal.Signals(sig).name)
+                elif sig == signal.SIGHUP and self.graceful_deadline is None:
+                    self.reload()
             self.reap()
+            if self.reload_generation:
+                self.check_reloaded()
             if not self.fronts_spawned and self.shards_ready():
                 self.spawn_fronts()
             if not self.ready and self.fronts_spawned:
@@ -323,6 +345,53 @@ class Supervisor:
                         log.warning("stopping with %d jobs still running", running)
                     time.sleep(0.2)  # let the last results reach their clients
                     return
+
+    def reload(self) -> None:
+        """SIGHUP: read the config file again and publish what can change without a restart.
+        A bad file is refused (logged) and the running config stays."""
+        if self.load_config is None or self.settings is None:
+            log.log(logs.NOTICE, "reload (SIGHUP): no --config file; nothing to re-read")
+            return
+        log.log(logs.NOTICE, "reloading %s (SIGHUP)", self.config.config_file or "the config")
+        try:
+            new = self.load_config()
+        except ConfigError as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            return
+        config, restart = reload_changes(self.config, new)
+        if restart:
+            log.warning("reload: %s changed; that takes a restart", ", ".join(restart))
+        try:
+            generation = self.settings.publish(config)
+        except ValueError as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            return
+        self.config = config
+        logs.set_level(config.log_level)
+        self.reload_generation = generation
+        self.reload_deadline = time.monotonic() + RELOAD_TIMEOUT
+        for fd in self.doorbells:
+            os.eventfd_write(fd, 1)
+
+    def check_reloaded(self) -> None:
+        """Once every serving child has applied the reload (or RELOAD_TIMEOUT has passed), say
+        so."""
+        assert self.control_seg is not None
+        behind = []
+        for child in self.children:
+            block = layout.control_view(self.control_seg.buf, child.slot)
+            applied = block[layout.CTRL_SETTINGS]
+            state = block[layout.CTRL_STATE]
+            block.release()
+            ready = child.proc is not None and state == layout.CHILD_READY
+            if ready and applied < self.reload_generation:
+                behind.append(child.name)
+        if behind and time.monotonic() < self.reload_deadline:
+            return
+        if behind:
+            log.warning("reload: not applied by %s yet", ", ".join(behind))
+        log.log(logs.NOTICE, "reloaded")
+        self.reload_generation = 0
 
     def start_graceful_stop(self, why: str) -> None:
         if self.graceful_deadline is not None:
@@ -381,10 +450,8 @@ def _unlink_quietly(path: str) -> None:
         log.warning("could not remove %s: %s", path, exc)
 
 
-def run(config: Config) -> int:
-    """Run a server until it is stopped; return the process exit status."""
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(asctime)s shardgear[{os.getpid()}] supervisor %(levelname)s %(message)s",
-    )
-    return Supervisor(config).run()
+def run(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Run a server until it is stopped; return the process exit status. `reload` returns the
+    config anew (a SIGHUP calls it; it raises ConfigError for a bad file)."""
+    logs.setup("supervisor", config.log_level)
+    return Supervisor(config, reload).run()

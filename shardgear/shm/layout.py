@@ -95,11 +95,34 @@ a child into the slot). There is no header: the supervisor both creates the segm
     0       8     heartbeat          child: a tick it increments at least once per loop iteration
     8       8     pid                child: its pid, written first thing after attaching
     16      8     state              child: one of the CHILD_* constants
-    24      8     running_jobs       child: jobs it has in progress (shards) or connections (fronts)
+    24      8     running_jobs       child: jobs it has in progress (shards); 0 (fronts)
     32      8     run_id             supervisor: its run's random id, written before the spawn (a
                                      shard whose job log has this id recovers a dead predecessor's
                                      jobs; any other id means an earlier run: durable jobs only)
+    40      8     settings           child: the settings generation it has applied (see below)
+    48      8     progress           child: a counter a shard advances while it starts (its job
+                                     log being read and recovered), so the supervisor can tell a
+                                     long start from a hung one (EXTEND_TIMEOUT_USEC)
+    56      8     reserved           zero
+
+Settings
+--------
+One segment, created and written only by the supervisor, read by every child: the running
+``Config`` as JSON (``Config.to_json_dict``), republished on each reload (SIGHUP). A seqlock keeps a
+reader from using a half-written copy: the supervisor makes ``generation`` odd, writes ``length``
+and the JSON, then makes it even again; a reader reads ``generation`` (retrying while odd), the
+JSON, then ``generation`` again, and retries if it moved. After a publish the supervisor rings
+every child's doorbell; a child that finds a new generation applies it and stores the generation
+in its control block's ``settings`` field (``shardgear.live_config``).
+
+    offset  size  field              written by
+    0       8     magic              creator (``SETTINGS_MAGIC``, b"SGSETNG1"), once
+    8       8     version            creator (``SETTINGS_VERSION``), once
+    16      8     capacity           creator: bytes of the data area
+    24      8     generation         supervisor: even = stable, odd = being written
+    32      8     length             supervisor: bytes of JSON in the data area
     40      24    reserved           zero
+    64      cap   data               supervisor: the JSON
 """
 
 from __future__ import annotations
@@ -221,7 +244,8 @@ def board_view(buf: Buffer) -> memoryview:
 # Control blocks
 
 CONTROL_BYTES: Final = 64
-CONTROL: Final = struct.Struct("<QQQQ")  # heartbeat, pid, state, running_jobs
+#: heartbeat, pid, state, running_jobs, run_id, settings, progress
+CONTROL: Final = struct.Struct("<QQQQQQQ")
 
 # Indexes in ``control_view(...)``.
 CTRL_HEARTBEAT: Final = 0
@@ -229,6 +253,8 @@ CTRL_PID: Final = 1
 CTRL_STATE: Final = 2
 CTRL_RUNNING_JOBS: Final = 3
 CTRL_RUN_ID: Final = 4
+CTRL_SETTINGS: Final = 5
+CTRL_PROGRESS: Final = 6
 
 # Values of the state field.
 CHILD_EMPTY: Final = 0  # no child in this slot (or the supervisor has just zeroed it)
@@ -250,3 +276,20 @@ def control_view(buf: Buffer, index: int) -> memoryview:
     if index < 0 or start + CONTROL_BYTES > len(mv):
         raise IndexError(f"control block {index} is outside a buffer of {len(mv)} bytes")
     return mv[start : start + CONTROL_BYTES].cast("Q")
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings
+
+SETTINGS_MAGIC: Final = int.from_bytes(b"SGSETNG1", "little")
+SETTINGS_VERSION: Final = 1
+SETTINGS_HEADER_BYTES: Final = 64
+#: magic, version, capacity, generation, length
+SETTINGS_HEADER: Final = struct.Struct("<QQQQQ")
+SETTINGS_GENERATION_Q: Final = 3
+SETTINGS_LENGTH_Q: Final = 4
+
+
+def settings_bytes(capacity: int) -> int:
+    """Return the segment size that holds settings of up to `capacity` bytes of JSON."""
+    return SETTINGS_HEADER_BYTES + capacity
