@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from shardgear import __version__
 from shardgear.config import (
+    LOG_FORMATS,
     LOG_LEVELS,
     Config,
     cpu_count,
@@ -175,9 +176,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a stop (SIGTERM, shutdown graceful) waits for running jobs (default: 30)",
     )
     setting(
+        "--heartbeat-timeout",
+        metavar="SECONDS",
+        help="a front or shard whose loop stops for this long is killed and restarted "
+        "(default: 20; 0 = never)",
+    )
+    setting(
         "--log-level",
         metavar="LEVEL",
         help=f"{', '.join(LOG_LEVELS)} (default: notice)",
+    )
+    setting(
+        "--log-format",
+        metavar="FORMAT",
+        help=f"{', '.join(LOG_FORMATS)}: journal = a syslog <N> priority per line, no timestamp, "
+        "tracebacks on one line; auto = journal when stderr is the systemd journal "
+        "(default: auto)",
+    )
+    setting(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics over HTTP on ADDR:PORT, e.g. 127.0.0.1:9730 "
+        "(default: off)",
     )
     p.add_argument(
         "-V",

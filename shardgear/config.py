@@ -15,6 +15,7 @@ from typing import Any
 
 MIB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "human", "journal")
 
 
 def cpu_count() -> int:
@@ -123,11 +124,14 @@ class Config:
     backlog: int = 1024
     graceful_timeout: float = 30.0
     log_level: str = "notice"
+    log_format: str = "auto"  # auto: journal when stderr is journald's (JOURNAL_STREAM), else human
     store: str = "log"  # "log" (job logs in state_dir) or "none" (in /dev/shm, crashes only)
     state_dir: str = dataclasses.field(default_factory=default_state_dir)
     store_sync: str = (
         "normal"  # sqlite synchronous: "normal" (process crash) or "full" (power loss)
     )
+    heartbeat_timeout: float = 20.0  # a serving child whose loop stalls this long is restarted
+    metrics: str = ""  # "ADDR:PORT" of the Prometheus listener; "" = off
     config_file: str = ""  # the TOML file the settings came from ("" = flags only)
     functions: tuple[FunctionRule, ...] = ()  # the config file's [functions."PATTERN"] tables
 

@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from shardgear.config import (
+    LOG_FORMATS,
     LOG_LEVELS,
     MIB,
     Config,
@@ -236,7 +237,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("state-dir", "state_dir", text),
     Setting("store-sync", "store_sync", choice("normal", "full")),
     Setting("graceful-timeout", "graceful_timeout", seconds, reload=True),
+    Setting("heartbeat-timeout", "heartbeat_timeout", seconds, reload=True),
     Setting("log-level", "log_level", choice(*LOG_LEVELS), reload=True),
+    Setting("log-format", "log_format", choice(*LOG_FORMATS)),
+    Setting("metrics", "metrics", listen_address),
 )
 BY_KEY: Final = {s.key: s for s in SETTINGS}
 RELOADABLE: Final = frozenset(s.field for s in SETTINGS if s.reload) | {"functions"}

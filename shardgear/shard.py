@@ -47,6 +47,7 @@ from shardgear.shm.channel import Receiver, Sender
 from shardgear.shm.doorbell import announce_sleep, awake, fence
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
+from shardgear.stats import ChildStats, FunctionStats
 
 log = logging.getLogger("shardgear.shard")
 
@@ -105,6 +106,12 @@ class Shard:
         )
         self.settings = SettingsReader(self._attach(instance.settings).buf)
         self.function_settings = FunctionSettingsApplier(config)
+        # operators' numbers (stats.py); per-function counters only with --metrics
+        self.stats = ChildStats(
+            self._attach(instance.stats).buf, instance.shard_slot(index), shard=index
+        )
+        self.function_stats = FunctionStats() if config.metrics else None
+        self.control: memoryview | None = None
         self.scheduler = self._new_scheduler()
         self.running = True
         self.draining = False
@@ -124,6 +131,7 @@ class Shard:
             durable=self.config.store != "none",
             log=log.warning,
             on_new_function=self.function_settings.apply,
+            metrics=self.function_stats,
         )
 
     def _attach(self, name: str) -> Segment:
@@ -139,6 +147,8 @@ class Shard:
         path = self.joblog.path
         try:
             contents = read_log(path)
+            if contents is not None:
+                self.progress(len(contents.records))
         except OSError as exc:
             log.error("job log %s unreadable (%s): starting without its jobs", path, exc)
             contents = None
@@ -172,13 +182,42 @@ class Shard:
         ):
             log.error("job log %s cannot be written: background jobs are refused", path)
 
+    def progress(self, done: int) -> None:
+        """Tell the supervisor that a long start moves on: it extends systemd's start timeout
+        while this advances."""
+        if self.control is not None:
+            self.control[layout.CTRL_PROGRESS] += 1 + done
+
+    def publish_stats(self, now: float) -> None:
+        """Once a second: gauges, the job log's size, and the function table with --metrics."""
+        sched = self.scheduler
+        running = sched.running_count()
+        fs = self.function_stats
+        self.stats.publish(
+            now,
+            sched.job_count() - running,
+            running,
+            self.joblog.size,
+            self.joblog.compactions,
+            fs.table(sched.functions()) if fs is not None else None,
+        )
+
     def commit(self) -> None:
         """Write this turn's records to the job log before any reply for them leaves.
 
         Background jobs the log could not write are cancelled and their submitters get ERROR
         QUEUE_ERROR instead of JOB_CREATED.
         """
-        lost = self.joblog.commit()
+        joblog = self.joblog
+        if joblog.pending:  # a write: count it (stats.py)
+            size, failures, started = joblog.size, joblog.failures, time.perf_counter()
+            lost = joblog.commit()
+            if joblog.failures != failures:
+                self.stats.commit_failed()
+            else:
+                self.stats.commit_done(joblog.size - size, time.perf_counter() - started)
+        else:
+            lost = joblog.commit()
         if not lost:
             return
         sched = self.scheduler
@@ -194,6 +233,7 @@ class Shard:
     def run(self, control: memoryview | None = None) -> None:
         """Recover from the job log, announce ourselves to every front and serve until
         stopped. `control` is our control block (its run id tells a crash from a new run)."""
+        self.control = control
         self.start(int(control[layout.CTRL_RUN_ID]) if control is not None else 0)
         epoll = select.epoll()
         epoll.register(self.my_bell, select.EPOLLIN)
@@ -209,6 +249,7 @@ class Shard:
         receivers = self.receivers
         in_rings = [r.ring for r in receivers]
         bell = self.my_bell
+        stats = self.stats
         tick = 0
         while self.running:
             timeout = 1.0
@@ -257,6 +298,8 @@ class Shard:
                 control[layout.CTRL_HEARTBEAT] = tick
                 if self.settings.changed():  # a reload (live_config)
                     self.apply_settings(control)
+            if now >= stats.next_publish:  # once a second (stats.py)
+                self.publish_stats(now)
         joblog.close()
         for seg in self.segments:
             seg.close()
@@ -286,6 +329,7 @@ class Shard:
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.running = False
+        os.eventfd_write(self.my_bell, 1)  # out of epoll now, not at its timeout
 
     def _on_sigusr1(self, signum: int, frame: object) -> None:
         self.draining = True  # a graceful stop: running jobs finish, no new ones are handed out

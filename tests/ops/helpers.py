@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 from pathlib import Path
 
 from tests.conftest import Server
@@ -48,3 +50,50 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class NotifySocket:
+    """A fake systemd notify socket (NOTIFY_SOCKET): a datagram socket the test reads.
+
+    `messages` is every datagram as (monotonic time, {KEY: VALUE}) in arrival order, collected by
+    `poll` (the test calls it; nothing runs in the background)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.setblocking(False)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": self.path}
+
+    def poll(self) -> list[tuple[float, dict[str, str]]]:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return self.messages
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
+            self.messages.append((time.monotonic(), fields))
+
+    def having(self, key: str, value: str | None = None) -> list[tuple[float, dict[str, str]]]:
+        """The messages so far that set `key` (to `value`, if given)."""
+        return [
+            (t, m)
+            for t, m in self.poll()
+            if key in m and (value is None or m[key] == value)
+        ]
+
+    def wait_for(self, key: str, value: str | None = None, count: int = 1, timeout: float = 15.0):
+        """Wait until `count` messages set `key` (to `value`); return them."""
+        return wait_for(
+            lambda: (found := self.having(key, value)) and len(found) >= count and found,
+            timeout=timeout,
+            pause=0.02,
+            what=f"{count} x {key}={value or '*'} on the notify socket",
+        )
+
+    def close(self) -> None:
+        self.sock.close()
