@@ -71,6 +71,7 @@ if TYPE_CHECKING:  # imported when --metrics is on (prometheus_client takes a wh
 log = logging.getLogger("shardgear.supervisor")
 
 STOP_TIMEOUT: Final = 5.0
+EXIT_POLL: Final = 0.002  # seconds between looks at children that were told to exit
 RESTART_WINDOW: Final = 60.0
 RESTART_LIMIT: Final = 5
 RELOAD_TIMEOUT: Final = 5.0
@@ -345,20 +346,25 @@ class Supervisor:
         self._wait_children(None, STOP_TIMEOUT)
 
     def _wait_children(self, role: str | None, timeout: float) -> None:
+        """Wait up to `timeout` for the children (of `role`) to exit, looking every
+        `EXIT_POLL` (Popen.wait's back-off grows to 50 ms, a visible part of a stop)."""
         deadline = time.monotonic() + timeout
-        for child in self.children:
-            if child.proc is None or (role is not None and child.role != role):
-                continue
-            try:
-                child.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                continue
+        waiting = [
+            c.proc
+            for c in self.children
+            if c.proc is not None and (role is None or c.role == role)
+        ]
+        while waiting and time.monotonic() < deadline:
+            waiting = [p for p in waiting if p.poll() is None]
+            if not waiting:
+                return
             if (
                 self.signals
                 and self.signals[-1] in (signal.SIGINT, signal.SIGTERM)
                 and len(self.signals) > 1
             ):
                 return  # a second stop signal: no more waiting
+            time.sleep(EXIT_POLL)
 
     # -------------------------------------------------------------- watching
 
