@@ -60,7 +60,9 @@ def _gearmand(port: int) -> list[str]:
             "--log-file", "none"]  # fmt: skip
 
 
-def _start(cmd: list[str], port: int, timeout: float = 30.0) -> tuple[subprocess.Popen[bytes], float]:
+def _start(
+    cmd: list[str], port: int, timeout: float = 30.0
+) -> tuple[subprocess.Popen[bytes], float]:
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip

@@ -37,7 +37,7 @@ PUBLISH_INTERVAL: Final = 1.0
 TABLE_BYTES: Final = 8 * 1024 * 1024
 
 #: Upper bounds (seconds) of the queue-wait and run-time buckets; +Inf follows.
-TIME_BOUNDS: Final = (
+TIME_BOUNDS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
 )  # fmt: skip
@@ -45,7 +45,7 @@ NB: Final = len(TIME_BOUNDS) + 1  # buckets per histogram, +Inf included
 
 # Kinds of per-priority totals, in the order of a row's `counts`.
 SUBMITTED, COMPLETED, FAILED, EXCEPTION, REQUEUED, DROPPED = range(6)
-KINDS: Final = ("submitted", "completed", "failed", "exception", "requeued", "dropped")
+KINDS: tuple[str, ...] = ("submitted", "completed", "failed", "exception", "requeued", "dropped")
 NK: Final = len(KINDS)
 
 # A published row, flat: [queued HIGH, NORMAL, LOW, running, workers, counts (3 x NK),
