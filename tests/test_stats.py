@@ -63,15 +63,16 @@ def test_child_blocks_and_tables_round_trip_and_survive_a_restart() -> None:
     shard = stats.ChildStats(buf, 0, shard=0)
     front.block[layout.ST_ACCEPTED] += 3
     front.block[layout.ST_CLOSED] += 1
-    shard.commit_done(5, 0.002)
+    shard.commit_done(5000, 0.002)  # a job log write of 5000 bytes
     row = [0] * stats.ROW_LEN
     row[stats.R_QUEUED + 1] = 7
     row[stats.R_COUNTS + stats.NK + stats.SUBMITTED] = 9
     shard.publish(1.0, 7, 0, 100, 1000, {"f": row})
     assert reader.live(1)[layout.ST_ACCEPTED] == 3
     b = reader.block(0)
-    assert b[layout.ST_STORE_COMMITS] == 1 and b[layout.ST_STORE_JOBS] == 5
-    assert b[layout.ST_STORE_BATCH_BUCKETS + layout.STORE_BATCH_BOUNDS.index(8)] == 1
+    assert b[layout.ST_STORE_COMMITS] == 1 and b[layout.ST_STORE_BYTES] == 5000
+    assert b[layout.ST_STORE_BATCH_BUCKETS + layout.STORE_BATCH_BOUNDS.index(16384)] == 1
+    assert b[layout.ST_STORE_COMMIT_BUCKETS + layout.STORE_COMMIT_BOUNDS.index(0.0025)] == 1
     assert b[layout.ST_QUEUED] == 7
     assert reader.table(0)["f"][stats.R_QUEUED + 1] == 7
     # both processes die and are replaced: totals stay, gauges start afresh
