@@ -49,6 +49,7 @@ COMPILED = [
     "shardgear/recovery.py",
     "shardgear/shard_admin.py",
     "shardgear/shard.py",
+    "shardgear/stats.py",
 ]
 
 

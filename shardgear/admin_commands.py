@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 LEVEL_NAMES: Final = {
     "debug": b"DEBUG",
     "info": b"INFO",
+    "notice": b"NOTICE",
     "warning": b"WARNING",
     "error": b"ERROR",
     "critical": b"CRITICAL",
@@ -71,7 +72,7 @@ class AdminCommands:
         elif c is C.VERSION:
             front.reply(conn, admin.format_ok(__version__.encode()))
         elif c is C.GETPID:
-            front.reply(conn, admin.format_ok(b"%d" % os.getppid()))
+            front.reply(conn, admin.format_ok(b"%d" % front.instance.supervisor_pid))
         elif c is C.VERBOSE:
             front.reply(conn, admin.format_ok(LEVEL_NAMES.get(front.config.log_level, b"ERROR")))
         elif c is C.MAXQUEUE:
@@ -96,9 +97,14 @@ class AdminCommands:
             )
         elif c is C.SHUTDOWN:
             graceful = bool(args) and args[0].lower() == b"graceful"
+            # the supervisor: SIGUSR1 waits for running jobs, SIGQUIT stops at once; never
+            # whoever adopted us if it died (then we are about to stop anyway)
+            supervisor = front.instance.supervisor_pid
+            if os.getppid() != supervisor:
+                front.reply(conn, admin.ERR_UNKNOWN_ERROR)
+                return
             front.reply(conn, admin.OK_REPLY)
-            # the supervisor: SIGUSR1 waits for running jobs, SIGQUIT stops at once
-            os.kill(os.getppid(), signal.SIGUSR1 if graceful else signal.SIGQUIT)
+            os.kill(supervisor, signal.SIGUSR1 if graceful else signal.SIGQUIT)
         else:  # pragma: no cover - parse_admin answers unknown commands itself
             front.reply(conn, admin.unknown_command(tokens[0] if tokens else b""))
 

@@ -3,9 +3,15 @@
 ``python -m shardgear.child ROLE INDEX SUPERVISOR_PID DOORBELLS CONFIG_JSON``
 
 DOORBELLS is a comma-separated list of inherited eventfd numbers: the fronts' first, then the
-shards'. Exit status EXIT_BOOT_ERROR tells the supervisor that restarting would not help. With the
-environment variable SHARDGEAR_PROFILE=DIR each child runs under cProfile and writes its stats to
-DIR when it stops (for profiling; see BENCHMARKS.md).
+shards'. Exit status EXIT_BOOT_ERROR tells the supervisor that restarting would not help; an
+uncaught exception is logged as one record and exits with EXIT_CRASH. With the environment variable
+SHARDGEAR_PROFILE=DIR each child runs under cProfile and writes its stats to DIR when it stops (for
+profiling; see BENCHMARKS.md).
+
+A child never outlives its supervisor: the kernel sends it SIGTERM when the supervisor dies
+(PR_SET_PDEATHSIG, Linux), and a child whose parent is already not the supervisor when it starts
+exits at once. A front waits until every shard is READY before it listens, so that the supervisor
+can start fronts and shards together and no connection is served before the store is replayed.
 """
 
 from __future__ import annotations
@@ -29,25 +35,67 @@ def _record(signum: int, frame: object) -> None:
 for _sig in (signal.SIGTERM, signal.SIGUSR1):
     signal.signal(_sig, _record)
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor; it stops us
+# A reload is the supervisor's business (it republishes the config; we read it from shared
+# memory), and `systemctl kill -s HUP` or a closing terminal signals the whole group.
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the supervisor's spawn
+
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: SIGTERM (a clean stop) when the process that started us dies."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+_die_with_parent()
+
+import time  # noqa: E402
 
 import orjson  # noqa: E402 (after the handlers: every moment counts)
 
+from shardgear import logs  # noqa: E402
 from shardgear.config import Config  # noqa: E402
 from shardgear.instance import Instance  # noqa: E402
 
 EXIT_BOOT_ERROR = 3
+EXIT_CRASH = 1
+SHARD_WAIT_POLL = 0.002  # seconds between looks at the shards' states while a front waits
+
+log = logging.getLogger("shardgear.child")
+
+
+def wait_for_shards(control: memoryview, instance: Instance, supervisor: int) -> bool:
+    """(A front) wait until every shard is READY; False if we must stop instead (a stop signal,
+    or the supervisor is gone)."""
+    from shardgear.shm import layout
+
+    slots = [instance.shard_slot(s) for s in range(instance.shards)]
+    while True:
+        if all(
+            control[slot * layout.CONTROL_BYTES // 8 + layout.CTRL_STATE] == layout.CHILD_READY
+            for slot in slots
+        ):
+            return True
+        if signal.SIGTERM in _early_signals or os.getppid() != supervisor:
+            return False
+        time.sleep(SHARD_WAIT_POLL)
 
 
 def main(argv: list[str]) -> int:
     """Run one child process; return its exit status."""
     role, index_text, sup_text, bells_text, config_json = argv
+    supervisor = int(sup_text)
+    if os.getppid() != supervisor:
+        return 0  # the supervisor died before PR_SET_PDEATHSIG took effect
     config = Config.from_json_dict(orjson.loads(config_json))
     index = int(index_text)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(asctime)s shardgear[{os.getpid()}] {role}{index} %(levelname)s %(message)s",
-    )
-    instance = Instance(config.port, int(sup_text), config.fronts, config.shards)
+    logs.setup(f"{role}{index}", config.log_level, config.log_format)
+    instance = Instance(config.port, supervisor, config.fronts, config.shards)
     doorbells = [int(x) for x in bells_text.split(",")]
     from shardgear.shm.layout import control_view
     from shardgear.shm.segment import Segment
@@ -57,6 +105,12 @@ def main(argv: list[str]) -> int:
         if role == "front":
             from shardgear.front import Front
 
+            words = control_seg.buf.cast("Q")
+            try:
+                if not wait_for_shards(words, instance, supervisor):
+                    return 0
+            finally:
+                words.release()
             front = Front(config, index, instance, doorbells)
             front.install_signals(_early_signals)
             slot = instance.front_slot(index)
@@ -69,25 +123,30 @@ def main(argv: list[str]) -> int:
             slot = instance.shard_slot(index)
             runner = shard.run
     except OSError as exc:
-        logging.getLogger("shardgear").critical("cannot start %s %d: %s", role, index, exc)
+        log.critical("cannot start %s %d: %s", role, index, exc)
         return EXIT_BOOT_ERROR
-    profile_dir = os.environ.get("SHARDGEAR_PROFILE")
-    if profile_dir:  # a development aid: cProfile each child, stats written at exit
-        import cProfile
+    try:
+        profile_dir = os.environ.get("SHARDGEAR_PROFILE")
+        if profile_dir:  # a development aid: cProfile each child, stats written at exit
+            import cProfile
 
-        cProfile.runctx(
-            "runner(control_view(control_seg.buf, slot))",
-            globals(),
-            {
-                "runner": runner,
-                "control_view": control_view,
-                "control_seg": control_seg,
-                "slot": slot,
-            },
-            os.path.join(profile_dir, f"{role}{index}.{os.getpid()}.prof"),
-        )
-    else:
-        runner(control_view(control_seg.buf, slot))
+            cProfile.runctx(
+                "runner(control_view(control_seg.buf, slot))",
+                globals(),
+                {
+                    "runner": runner,
+                    "control_view": control_view,
+                    "control_seg": control_seg,
+                    "slot": slot,
+                },
+                os.path.join(profile_dir, f"{role}{index}.{os.getpid()}.prof"),
+            )
+        else:
+            runner(control_view(control_seg.buf, slot))
+    except Exception:
+        # one record (the journal format keeps a traceback on one line), then a restart
+        log.critical("%s %d crashed", role, index, exc_info=True)
+        return EXIT_CRASH
     return 0
 
 

@@ -1,21 +1,32 @@
-"""Command line: argv -> Config -> supervisor.run(). Nothing else lives here."""
+"""Command line: argv and the --config file -> Config -> supervisor.run(). Nothing else lives here.
+
+Every flag but --config, --check-config, --help and --version is a setting of
+``config_file.SETTINGS`` and parses its value with that setting's parser, so a flag and its
+config-file key accept the same values. Defaults are Config's (argparse records only the flags that
+were given), so a flag overrides the file only when it is on the command line.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from shardgear import __version__
 from shardgear.config import (
+    LOG_FORMATS,
     LOG_LEVELS,
-    MIB,
     Config,
     cpu_count,
     default_fronts,
     default_shards,
     default_state_dir,
 )
+from shardgear.config_file import BY_KEY, ConfigError, build_config
+
+#: Flags that are not settings (they have no config-file key).
+NOT_SETTINGS = frozenset({"config", "check_config", "help", "version", "journal_size"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,33 +35,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _flag_type(key: str) -> Callable[[str], Any]:
+    """The argparse type of flag --KEY: the parser the config file uses for KEY."""
+    parse = BY_KEY[key].parse
 
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _size(text: str) -> int:
-    """A byte count, with an optional K, M or G suffix (powers of 1024)."""
-    units = {"k": 1024, "m": MIB, "g": 1024 * MIB}
-    try:
-        if text and text[-1].lower() in units:
-            value = int(float(text[:-1]) * units[text[-1].lower()])
-        else:
-            value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return value
+    convert.__name__ = key  # argparse names the type in some messages
+    return convert
 
 
 class _VersionAction(argparse.Action):
@@ -71,124 +67,137 @@ def build_parser() -> argparse.ArgumentParser:
         prog="shardgear",
         description="A Gearman job server: front processes accept connections on one port "
         "(SO_REUSEPORT) and hand work to shard processes through shared-memory rings.",
+        argument_default=argparse.SUPPRESS,
+    )
+
+    def setting(*names: str, help: str, **kwargs: Any) -> None:
+        key = names[-1].removeprefix("--")
+        if "action" not in kwargs:
+            kwargs["type"] = _flag_type(key)
+        p.add_argument(*names, dest=BY_KEY[key].field, help=help, **kwargs)
+
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config file: every flag has a key of the same name (flags override it), "
+        'plus per-function settings in [functions."NAME"] tables; SIGHUP re-reads it',
     )
     p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the flags and the --config file, print the first problem, and exit "
+        "(status 0 if there is none, 2 otherwise)",
+    )
+    setting(
         "-L",
         "--listen",
-        default="",
         metavar="ADDR",
         help="address to listen on (default: every interface, as gearmand)",
     )
-    p.add_argument("-p", "--port", type=int, default=4730, help="TCP port (default: 4730)")
-    p.add_argument(
+    setting("-p", "--port", metavar="N", help="TCP port (default: 4730)")
+    setting(
         "--fronts",
-        type=_positive,
-        default=default_fronts(cpus),
         metavar="N",
         help=f"front processes that accept and parse (default: {default_fronts(cpus)}"
         f" = half of the {cpus} CPUs)",
     )
-    p.add_argument(
+    setting(
         "--shards",
-        type=_positive,
-        default=default_shards(cpus),
         metavar="N",
         help=f"shard processes that own the queues (default: {default_shards(cpus)}"
         f" = half of the {cpus} CPUs)",
     )
-    p.add_argument(
+    setting(
         "-j",
         "--job-retries",
-        type=_non_negative,
-        default=0,
         metavar="N",
         help="attempts before a job whose worker died or timed out is dropped and "
         "its clients get WORK_FAIL (default: 0 = unlimited)",
     )
-    p.add_argument(
+    setting(
         "--exceptions",
-        action="store_true",
-        help="turn on the 'exceptions' option for every connection",
+        action=argparse.BooleanOptionalAction,
+        help="turn on the 'exceptions' option for every connection (default: off)",
     )
-    p.add_argument(
+    setting(
         "--job-handle-prefix",
-        default=None,
         metavar="PREFIX",
         help="job handle prefix (default: H:<host name>)",
     )
-    p.add_argument(
+    setting(
         "-w",
         "--worker-wakeup",
-        type=_non_negative,
-        default=0,
         metavar="N",
         help="sleeping workers woken per queued job (default: 0 = all)",
     )
-    p.add_argument(
+    setting(
         "--max-packet-size",
-        type=_size,
-        default=256 * MIB,
         metavar="BYTES",
         help="largest packet accepted; a bigger one closes the connection (default: 256M)",
     )
-    p.add_argument(
+    setting(
         "--max-output-buffer",
-        type=_size,
-        default=None,
         metavar="BYTES",
         help="bytes a connection may leave unread before it is closed "
         "(default: max packet size + 16M)",
     )
-    p.add_argument(
+    setting(
         "--ring-size",
-        type=_size,
-        default=1 * MIB,
         metavar="BYTES",
         help="size of each front<->shard shared-memory ring (default: 1M)",
     )
     p.add_argument(
         "--journal-size",
-        type=_size,
-        default=None,
         metavar="BYTES",
-        help="ignored (kept so that existing command lines still work): the shared-memory "
-        "journal became the job log, which grows as needed",
+        help="ignored: the job log grows as needed (kept so that old command lines still work)",
     )
-    p.add_argument("-b", "--backlog", type=_positive, default=1024, help="listen() backlog")
-    p.add_argument(
+    setting("-b", "--backlog", metavar="N", help="listen() backlog (default: 1024)")
+    setting(
         "--store",
-        choices=("log", "none", "sqlite"),
-        default="log",
+        metavar="log|none",
         help="log (the default): each shard's job log lives in --state-dir, so background jobs "
         "survive a restart; none: in /dev/shm, for shard crashes only. sqlite: the former "
         "store, now the same as log (an existing sqlite store is imported at start)",
     )
-    p.add_argument(
+    setting(
         "--state-dir",
-        default=None,
         metavar="DIR",
-        help=f"directory of the job logs (default: {default_state_dir()})",
+        help=f"directory of the job store (default: {default_state_dir()})",
     )
-    p.add_argument(
+    setting(
         "--store-sync",
-        choices=("normal", "full"),
-        default="normal",
+        metavar="normal|full",
         help="normal: a stored job survives a crash of any shardgear process; full: also a "
-        "power loss, at an fdatasync per loop turn that stores jobs (default: normal)",
+        "power loss, at a cost per batch (default: normal)",
     )
-    p.add_argument(
+    setting(
         "--graceful-timeout",
-        type=float,
-        default=30.0,
         metavar="SECONDS",
         help="how long a stop (SIGTERM, shutdown graceful) waits for running jobs (default: 30)",
     )
-    p.add_argument(
+    setting(
+        "--heartbeat-timeout",
+        metavar="SECONDS",
+        help="a front or shard whose loop stops for this long is killed and restarted "
+        "(default: 20; 0 = never)",
+    )
+    setting(
         "--log-level",
-        choices=LOG_LEVELS,
-        default="warning",
-        type=str.lower,
-        help="log level (default: warning)",
+        metavar="LEVEL",
+        help=f"{', '.join(LOG_LEVELS)} (default: notice)",
+    )
+    setting(
+        "--log-format",
+        metavar="FORMAT",
+        help=f"{', '.join(LOG_FORMATS)}: journal = a syslog <N> priority per line, no timestamp, "
+        "tracebacks on one line; auto = journal when stderr is the systemd journal "
+        "(default: auto)",
+    )
+    setting(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics over HTTP on ADDR:PORT, e.g. 127.0.0.1:9730 "
+        "(default: off)",
     )
     p.add_argument(
         "-V",
@@ -200,50 +209,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_config(argv: list[str] | None = None) -> Config:
-    """Parse `argv` (default: sys.argv[1:]) into a Config; exits with status 2 on a bad flag."""
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    if not 0 <= a.port <= 65535:
-        parser.error(f"argument --port: not a port: {a.port}")
-    if a.job_retries > 255:
-        parser.error("argument --job-retries: at most 255")
-    if a.ring_size < 64 * 1024:
-        parser.error("argument --ring-size: at least 64K")
-    if a.journal_size is not None:
+def parse_args(argv: list[str] | None = None) -> tuple[str | None, dict[str, Any], bool]:
+    """Parse `argv` (default: sys.argv[1:]) into (config file, Config field -> value of each flag
+    given, --check-config); exits with status 2 on a bad flag."""
+    a = vars(build_parser().parse_args(argv))
+    if a.pop("journal_size", None) is not None:
         print("shardgear: --journal-size is ignored: the job log grows as needed", file=sys.stderr)
-    kwargs = dict(
-        listen=a.listen,
-        port=a.port,
-        fronts=a.fronts,
-        shards=a.shards,
-        job_retries=a.job_retries,
-        exceptions=a.exceptions,
-        worker_wakeup=a.worker_wakeup,
-        max_packet_size=a.max_packet_size,
-        max_output_buffer=a.max_output_buffer or 0,
-        ring_size=a.ring_size,
-        backlog=a.backlog,
-        graceful_timeout=a.graceful_timeout,
-        log_level=a.log_level,
-        store="none" if a.store == "none" else "log",
-        store_sync=a.store_sync,
-    )
-    if a.state_dir is not None:
-        kwargs["state_dir"] = a.state_dir
-    if a.job_handle_prefix is not None:
-        if not 0 < len(a.job_handle_prefix.encode()) <= 36:
-            parser.error("argument --job-handle-prefix: 1 to 36 bytes")
-        kwargs["job_handle_prefix"] = a.job_handle_prefix
-    return Config(**kwargs)
+    path = a.pop("config", None)
+    check = bool(a.pop("check_config", False))
+    return path, a, check
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Parse `argv` and the --config file into a Config; exits with status 2 on a bad flag or a
+    bad file (one line: ``shardgear: error: FILE:LINE: reason``)."""
+    path, flags, _check = parse_args(argv)
+    return _load(path, flags)
+
+
+def _load(path: str | None, flags: dict[str, Any]) -> Config:
+    try:
+        return build_config(path, flags)
+    except ConfigError as exc:
+        sys.stderr.write(f"shardgear: error: {exc}\n")
+        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``shardgear`` command."""
-    config = parse_config(argv)
+    path, flags, check = parse_args(argv)
+    config = _load(path, flags)
+    if check:
+        print(f"{path or 'the flags'}: OK")
+        return 0
     from shardgear.supervisor import run
 
-    return run(config)
+    def reload() -> Config:
+        """The config as the file says now, the flags still on top; ConfigError if it is bad."""
+        return build_config(path, flags)
+
+    return run(config, reload if path else None)
 
 
 if __name__ == "__main__":  # pragma: no cover

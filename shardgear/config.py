@@ -1,14 +1,21 @@
-"""The server's settings: one frozen dataclass, the only home of defaults."""
+"""The server's settings: one frozen dataclass, the only home of defaults.
+
+`Config` holds every setting a flag or the config file (`config_file.py`) can set;
+`FunctionRule` / `FunctionSettings` hold the per-function settings of the file's
+``[functions."PATTERN"]`` tables and `Config.function_settings` resolves them for one name.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import socket
+from fnmatch import fnmatchcase
 from typing import Any
 
 MIB = 1024 * 1024
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "human", "journal")
 
 
 def cpu_count() -> int:
@@ -45,6 +52,60 @@ def default_handle_prefix() -> str:
     return "H:" + socket.gethostname().split(".")[0]
 
 
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionSettings:
+    """What one ``[functions."PATTERN"]`` table of the config file sets; None = not set there.
+
+    New per-function settings (retry policies, access rules) are new fields here, each None by
+    default, plus one parser in ``config_file.FUNCTION_KEYS``.
+    """
+
+    maxqueue: tuple[int, int, int] | None = None
+    """Queue limits for HIGH, NORMAL, LOW (0 = unlimited), as the admin ``maxqueue`` sets them."""
+
+    def merged(self, other: FunctionSettings) -> FunctionSettings:
+        """Self, with every field that self leaves unset taken from `other`."""
+        changes = {
+            f.name: getattr(other, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is None
+        }
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionRule:
+    """One ``[functions."PATTERN"]`` table: an exact function name or a glob (fnmatch: ``*``,
+    ``?``, ``[...]``), matched against the name's bytes (the pattern is UTF-8 encoded)."""
+
+    pattern: str
+    settings: FunctionSettings
+
+    @property
+    def is_glob(self) -> bool:
+        return any(c in _GLOB_CHARS for c in self.pattern)
+
+    def matches(self, name: bytes) -> bool:
+        pattern = self.pattern.encode()
+        return fnmatchcase(name, pattern) if self.is_glob else name == pattern
+
+
+def resolve_function_settings(rules: tuple[FunctionRule, ...], name: bytes) -> FunctionSettings:
+    """The settings of function `name`: each field from the table of its exact name if that
+    sets it, else from the first glob table (in file order) that matches and sets it."""
+    result = FunctionSettings()
+    for rule in rules:
+        if not rule.is_glob and rule.matches(name):
+            result = result.merged(rule.settings)
+    for rule in rules:
+        if rule.is_glob and rule.matches(name):
+            result = result.merged(rule.settings)
+    return result
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every setting of a running server. ``cli.py`` builds it; children get it as JSON."""
@@ -62,12 +123,17 @@ class Config:
     ring_size: int = 1 * MIB
     backlog: int = 1024
     graceful_timeout: float = 30.0
-    log_level: str = "warning"
+    log_level: str = "notice"
+    log_format: str = "auto"  # auto: journal when stderr is journald's (JOURNAL_STREAM), else human
     store: str = "log"  # "log" (job logs in state_dir) or "none" (in /dev/shm, crashes only)
     state_dir: str = dataclasses.field(default_factory=default_state_dir)
     store_sync: str = (
         "normal"  # sqlite synchronous: "normal" (process crash) or "full" (power loss)
     )
+    heartbeat_timeout: float = 20.0  # a serving child whose loop stalls this long is restarted
+    metrics: str = ""  # "ADDR:PORT" of the Prometheus listener; "" = off
+    config_file: str = ""  # the TOML file the settings came from ("" = flags only)
+    functions: tuple[FunctionRule, ...] = ()  # the config file's [functions."PATTERN"] tables
 
     @property
     def legacy_store_path(self) -> str:
@@ -87,11 +153,30 @@ class Config:
         """Bytes a connection may have waiting to be written before it is closed as too slow."""
         return self.max_output_buffer or self.max_packet_size + 16 * MIB
 
+    def function_settings(self, name: bytes) -> FunctionSettings:
+        """The per-function settings of function `name` (see `resolve_function_settings`)."""
+        return resolve_function_settings(self.functions, name)
+
     def to_json_dict(self) -> dict[str, Any]:
         """Return the settings as a plain dict (to hand to a child process)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> Config:
-        """Inverse of `to_json_dict`."""
+        """Inverse of `to_json_dict` (JSON lists become the tuples they were)."""
+        data = dict(data)
+        data["functions"] = tuple(
+            FunctionRule(
+                rule["pattern"],
+                FunctionSettings(**{k: _tuples(v) for k, v in rule["settings"].items()}),
+            )
+            for rule in data.get("functions", ())
+        )
         return cls(**data)
+
+
+def _tuples(value: Any) -> Any:
+    """JSON arrays back to tuples, recursively."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value

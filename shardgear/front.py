@@ -39,13 +39,14 @@ from zlib import crc32
 
 import orjson
 
-from shardgear import grab, messages, routing
+from shardgear import grab, logs, messages, routing
 from shardgear.admin_commands import AdminCommands
 from shardgear.config import Config
 from shardgear.connection import E_DATA, E_SEQ, E_SHARD, Conn
 from shardgear.front_recovery import ShardRestarts
 from shardgear.gather import Gathers
 from shardgear.instance import Instance
+from shardgear.live_config import SettingsReader
 from shardgear.messages import HEADER, json_text
 from shardgear.proto import errors
 from shardgear.proto.numbers import fits_int64
@@ -63,9 +64,12 @@ from shardgear.shm.channel import Receiver, Sender
 from shardgear.shm.doorbell import announce_sleep, awake, fence
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
-from shardgear.sockets import bind_listener
+from shardgear.sockets import listeners
+from shardgear.stats import ChildStats
 
 log = logging.getLogger("shardgear.front")
+# Connections closed for a protocol error: WARNING, but a flood of them cannot fill the disk.
+_closing_log = logs.RateLimitedLog(log)
 
 _NO_JOB_MESSAGE_SIZE: Final = messages.HEADER_SIZE + len(NO_JOB_PACKET)
 
@@ -142,6 +146,8 @@ class Front:
             self.receivers.append(Receiver(Ring(in_seg.buf)))
             board_seg = self._attach(instance.board(s))
             self.boards.append(layout.board_view(board_seg.buf))
+        self.settings = SettingsReader(self._attach(instance.settings).buf)
+        self.stats = ChildStats(self._attach(instance.stats).buf, instance.front_slot(index))
         self.conns: dict[int, Conn] = {}  # by fd
         self.by_id: dict[int, Conn] = {}
         self.next_conn = (index << messages.FRONT_SHIFT) | ((os.getpid() & 0xFFFFFF) << 32)
@@ -152,9 +158,8 @@ class Front:
         self.shard_epochs = self.restarts.epochs
         self.outbox: list[list[bytes]] = [[] for _ in range(self.shards)]  # this loop turn's
         self.writers: set[Conn] = set()
-        self.listener: socket.socket | None = bind_listener(
-            config.listen, config.port, config.backlog
-        )
+        # our own SO_REUSEPORT socket, or the ones systemd passed (socket activation)
+        self.listeners: list[socket.socket] = listeners(config.listen, config.port, config.backlog)
         self.epoll = select.epoll()
         self.running = True
         self.accepting = True
@@ -214,13 +219,13 @@ class Front:
     def run(self, control: memoryview | None = None) -> None:
         """Bind, announce ourselves to every shard, and serve until stopped."""
         self.control = control
-        assert self.listener is not None
-        self.epoll.register(self.listener.fileno(), EPOLLIN)
+        listening = {sock.fileno(): sock for sock in self.listeners}
+        for fd in listening:
+            self.epoll.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
         self.epoll.register(self.my_bell, EPOLLIN)
         for s in range(self.shards):
             self.send_shard(s, messages.pack(messages.OP_HELLO, 0, arg=self.index))
         self.flush_shards()
-        listen_fd = self.listener.fileno()
         bell = self.my_bell
         conns = self.conns
         in_rings = [r.ring for r in self.receivers]
@@ -246,8 +251,8 @@ class Front:
                         os.eventfd_read(bell)
                     except BlockingIOError:
                         pass
-                elif fd == listen_fd:
-                    self.accept()
+                elif fd in listening:
+                    self.accept(listening[fd])
                 else:
                     conn = conns.get(fd)
                     if conn is None:
@@ -272,9 +277,21 @@ class Front:
             tick += 1
             if control is not None:
                 control[layout.CTRL_HEARTBEAT] = tick
-            if not self.accepting and self.listener is not None:
+                if self.settings.changed():  # a reload (live_config)
+                    self.apply_settings(control)
+            if not self.accepting and self.listeners:
                 self.stop_accepting()
         self.shutdown()
+
+    def apply_settings(self, control: memoryview) -> None:
+        """Apply a reloaded config: log level, output limit; packet size and the exceptions
+        option for new connections."""
+        got = self.settings.read()
+        if got is not None:
+            generation, self.config = got
+            logs.set_level(self.config.log_level)
+            self.output_limit = self.config.output_limit
+            control[layout.CTRL_SETTINGS] = generation
 
     def install_signals(self, early: list[int]) -> None:
         """Take over SIGTERM (stop) and SIGUSR1 (stop accepting), applying any that came early."""
@@ -285,16 +302,18 @@ class Front:
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.running = False
+        os.eventfd_write(self.my_bell, 1)  # out of epoll now, not at its timeout
 
     def _on_sigusr1(self, signum: int, frame: object) -> None:
         self.accepting = False  # graceful shutdown: stop accepting, keep serving
+        os.eventfd_write(self.my_bell, 1)
 
     def stop_accepting(self) -> None:
-        if self.listener is not None:
-            self.accept()  # connections already queued on the listener are served, not reset
-            self.epoll.unregister(self.listener.fileno())
-            self.listener.close()
-            self.listener = None
+        for sock in self.listeners:
+            self.accept(sock)  # connections already queued on the listener are served, not reset
+            self.epoll.unregister(sock.fileno())
+            sock.close()
+        self.listeners = []
 
     def shutdown(self) -> None:
         for conn in list(self.conns.values()):
@@ -307,18 +326,17 @@ class Front:
                     pass
             self.close(conn)
         self.flush_shards()
-        if self.listener is not None:
-            self.listener.close()
+        for sock in self.listeners:
+            sock.close()
         for seg in self.segments:
             seg.close()
 
     # ----------------------------------------------------------- connections
 
-    def accept(self) -> None:
-        assert self.listener is not None
+    def accept(self, listener: socket.socket) -> None:
         for _ in range(256):
             try:
-                sock, _addr = self.listener.accept()
+                sock, _addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -337,6 +355,7 @@ class Front:
             self.conns[conn.fd] = conn
             self.by_id[conn.id] = conn
             self.epoll.register(conn.fd, EPOLLIN)
+            self.stats.block[layout.ST_ACCEPTED] += 1
 
     def close(self, conn: Conn) -> None:
         """Forget a connection and tell every shard that may hold state for it. Idempotent.
@@ -346,6 +365,7 @@ class Front:
         if conn.closed:
             return
         conn.closed = True
+        self.stats.block[layout.ST_CLOSED] += 1
         if self.conns.get(conn.fd) is conn:
             del self.conns[conn.fd]
         self.by_id.pop(conn.id, None)
@@ -377,7 +397,8 @@ class Front:
             frames = conn.parser.feed_frames(data)
         except errors.ProtocolError as exc:
             # Handle what was framed before the bad bytes (as gearmand does), then close.
-            log.info("closing connection from %s: %s", conn.ip, exc)
+            self.stats.block[layout.ST_PROTOCOL_CLOSES] += 1
+            _closing_log.warning("closing connection from %s: %s", conn.ip, exc)
             self.dispatch(conn, getattr(exc, "events", ()))  # type: ignore[arg-type]
             if not conn.closed:
                 self.write(conn)
@@ -480,7 +501,12 @@ class Front:
             self.writers.add(conn)
 
     def overflowed(self, conn: Conn) -> None:
-        log.warning("closing connection from %s: %d bytes unread", conn.ip, conn.out_bytes)
+        self.stats.block[layout.ST_PROTOCOL_CLOSES] += 1
+        _closing_log.warning(
+            "closing connection from %s: %d bytes of output unread (over --max-output-buffer)",
+            conn.ip,
+            conn.out_bytes,
+        )
         self.close(conn)
 
     def reply(self, conn: Conn, data: bytes) -> None:
@@ -532,6 +558,8 @@ class Front:
         paused = pending > PAUSE_HIGH_WATER
         if paused != self.paused:
             self.paused = paused
+            if paused:
+                self.stats.block[layout.ST_PAUSES] += 1
             log.debug("reading from sockets %s", "paused" if paused else "resumed")
 
     def drain_shards(self) -> None:
@@ -608,6 +636,8 @@ class Front:
                 self.relay_exception(conn, m[16:])
         elif op == messages.OP_CLOSE:
             if conn is not None:
+                self.stats.block[layout.ST_PROTOCOL_CLOSES] += 1
+                _closing_log.warning("closing connection from %s: protocol error", conn.ip)
                 self.close(conn)
         elif op == messages.OP_ADMIN_REPLY:
             self.gathers.part(extra, orjson.loads(m[16:]))
@@ -652,7 +682,8 @@ class Front:
         self.outbox[shard].append(_pack_header(_OP_PACKET, ptype, seq, conn.id) + body)
 
     def protocol_close(self, conn: Conn, why: str) -> None:
-        log.info("closing connection from %s: %s", conn.ip, why)
+        self.stats.block[layout.ST_PROTOCOL_CLOSES] += 1
+        _closing_log.warning("closing connection from %s: %s", conn.ip, why)
         self.write(conn)
         self.close(conn)
 

@@ -44,8 +44,18 @@ class Instance:
         """The control block: one slot per child (heartbeat, pid, state, running jobs)."""
         return f"{self.prefix}.control"
 
+    @property
+    def settings(self) -> str:
+        """The running config, republished on each reload (``live_config``)."""
+        return f"{self.prefix}.settings"
+
+    @property
+    def stats(self) -> str:
+        """Counters and function tables for operators (``stats``)."""
+        return f"{self.prefix}.stats"
+
     def all_names(self) -> list[str]:
-        names = [self.control]
+        names = [self.control, self.settings, self.stats]
         for s in range(self.shards):
             names.append(self.board(s))
             for f in range(self.fronts):

@@ -49,6 +49,7 @@ class Job:
         "fn",
         "func",
         "handle",
+        "mark",
         "n",
         "num",
         "priority",
@@ -92,6 +93,7 @@ class Job:
         self.cancelled = False
         self.state = GONE
         self.ukind = UK_NONE
+        self.mark = 0.0  # metrics only (stats.FunctionStats): when it was queued or assigned
 
     @property
     def ignored(self) -> bool:
@@ -183,6 +185,23 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"Worker({self.conn:#x})"
+
+
+class JobMetrics(Protocol):
+    """Optional metrics hook (`shardgear.stats.FunctionStats`), called synchronously from the
+    scheduler: a new job (not a coalesced submission), an assignment, a result (`ptype`
+    WORK_COMPLETE, WORK_FAIL or WORK_EXCEPTION), a requeue, and a drop (retry limit or
+    ``drop function``). It may use `Job.mark`, which nothing else reads."""
+
+    def submitted(self, job: Job, now: float) -> None: ...
+
+    def assigned(self, job: Job, now: float) -> None: ...
+
+    def ended(self, job: Job, ptype: int, now: float) -> None: ...
+
+    def requeued(self, job: Job) -> None: ...
+
+    def dropped(self, job: Job) -> None: ...
 
 
 class JobLogHooks(Protocol):

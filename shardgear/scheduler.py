@@ -86,6 +86,7 @@ from .jobs import (
     Function,
     Job,
     JobLogHooks,
+    JobMetrics,
     Worker,
     add_client,
 )
@@ -191,6 +192,8 @@ class Scheduler:
         board: MutableSequence[int] | memoryview | None = None,
         durable: bool = False,
         log: Callable[[str], None] | None = None,
+        on_new_function: Callable[[Function], None] | None = None,
+        metrics: JobMetrics | None = None,
     ) -> None:
         if not 0 <= shard_index < shard_count:
             raise ValueError("shard_index must be in [0, shard_count)")
@@ -213,6 +216,9 @@ class Scheduler:
         self._joblog: JobLogHooks | None = None  # set by recovery.start_log
         self._recovered: dict[int, Worker] = {}  # recovered workers not re-registered yet
         self._log = log
+        # hook: gives a function its configured settings (function_settings.py) when created
+        self._on_new_function = on_new_function
+        self._metrics = metrics  # hook: per-function counters (stats.py), None = metrics off
         self._functions: dict[bytes, Function] = {}
         self._jobs: dict[bytes, Job] = {}
         self._workers: dict[int, Worker] = {}
@@ -503,6 +509,8 @@ class Scheduler:
         self._insert(job, when, now)
         if self._joblog is not None:
             self._joblog.new(job, 0 if bg else conn)
+        if self._metrics is not None:
+            self._metrics.submitted(job, now)
 
     def _attach(self, conn: int, job: Job) -> None:
         d = self._clients.get(conn)
@@ -545,6 +553,8 @@ class Scheduler:
         if f is None:
             f = Function(name, routing.board_slot(name) * routing.PRIORITIES)
             self._functions[name] = f
+            if self._on_new_function is not None:
+                self._on_new_function(f)
         return f
 
     # ------------------------------------------------------------------ queues
@@ -725,6 +735,8 @@ class Scheduler:
         self._running += 1
         if self._joblog is not None:
             self._joblog.assign(job, conn)
+        if self._metrics is not None:
+            self._metrics.assigned(job, now)
         if timeout > 0:
             at = now + (timeout if timeout > 1000 else 1000) / 1000.0
             w.timer_at = at
@@ -808,6 +820,8 @@ class Scheduler:
                 exc = body if i >= 0 else body + b"\0"
                 for c in job.clients:
                     self._emit(OP_EXCEPTION, c, exc)
+        if self._metrics is not None:
+            self._metrics.ended(job, ptype, now)
         self._finish(job)
 
     def _work_fail(self, conn: int, ptype: int, body: bytes, now: float) -> None:
@@ -820,6 +834,8 @@ class Scheduler:
             return
         if job.clients:
             self._relay(job, _RES + _pack(WORK_FAIL, len(body)) + body)
+        if self._metrics is not None:
+            self._metrics.ended(job, WORK_FAIL, now)
         self._finish(job)
 
     # ------------------------------------------------------------------ status requests
@@ -879,6 +895,8 @@ class Scheduler:
         self._enqueue(job)
         if self._joblog is not None:
             self._joblog.requeue(job)
+        if self._metrics is not None:
+            self._metrics.requeued(job)
 
     def _finish(self, job: Job) -> None:
         """A held job completed, failed or raised."""
@@ -899,6 +917,8 @@ class Scheduler:
 
     def _drop(self, job: Job) -> None:
         """Fail a job that is not running: WORK_FAIL to its clients, unstore, forget."""
+        if self._metrics is not None:
+            self._metrics.dropped(job)
         self._fail_clients(job)
         if job.stored:
             self._unstore(job)

@@ -33,10 +33,12 @@ import time
 
 import orjson
 
-from shardgear import messages, recovery, shard_admin
+from shardgear import logs, messages, recovery, shard_admin
 from shardgear.config import Config
+from shardgear.function_settings import FunctionSettingsApplier
 from shardgear.instance import Instance
 from shardgear.joblog import JobLog, read_log
+from shardgear.live_config import SettingsReader
 from shardgear.messages import HEADER
 from shardgear.proto.packets import NO_JOB_PACKET, PacketType
 from shardgear.scheduler import ERR_STORE, Scheduler
@@ -45,6 +47,7 @@ from shardgear.shm.channel import Receiver, Sender
 from shardgear.shm.doorbell import announce_sleep, awake, fence
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
+from shardgear.stats import ChildStats, FunctionStats
 
 log = logging.getLogger("shardgear.shard")
 
@@ -100,6 +103,14 @@ class Shard:
             sync=config.store_sync == "full",
             log=log.error,
         )
+        self.settings = SettingsReader(self._attach(instance.settings).buf)
+        self.function_settings = FunctionSettingsApplier(config)
+        # operators' numbers (stats.py); per-function counters only with --metrics
+        self.stats = ChildStats(
+            self._attach(instance.stats).buf, instance.shard_slot(index), shard=index
+        )
+        self.function_stats = FunctionStats() if config.metrics else None
+        self.control: memoryview | None = None
         self.scheduler = self._new_scheduler()
         self.running = True
         self.draining = False
@@ -117,6 +128,8 @@ class Shard:
             board=self.board,
             durable=self.config.store != "none",
             log=log.warning,
+            on_new_function=self.function_settings.apply,
+            metrics=self.function_stats,
         )
 
     def _attach(self, name: str) -> Segment:
@@ -132,6 +145,8 @@ class Shard:
         path = self.joblog.path
         try:
             contents = read_log(path)
+            if contents is not None:
+                self.progress(len(contents.records))
         except OSError as exc:
             log.error("job log %s unreadable (%s): starting without its jobs", path, exc)
             contents = None
@@ -165,13 +180,42 @@ class Shard:
         ):
             log.error("job log %s cannot be written: background jobs are refused", path)
 
+    def progress(self, done: int) -> None:
+        """Tell the supervisor that a long start moves on: it extends systemd's start timeout
+        while this advances."""
+        if self.control is not None:
+            self.control[layout.CTRL_PROGRESS] += 1 + done
+
+    def publish_stats(self, now: float) -> None:
+        """Once a second: gauges, the job log's size, and the function table with --metrics."""
+        sched = self.scheduler
+        running = sched.running_count()
+        fs = self.function_stats
+        self.stats.publish(
+            now,
+            sched.job_count() - running,
+            running,
+            self.joblog.size,
+            self.joblog.compactions,
+            fs.table(sched.functions()) if fs is not None else None,
+        )
+
     def commit(self) -> None:
         """Write this turn's records to the job log before any reply for them leaves.
 
         Background jobs the log could not write are cancelled and their submitters get ERROR
         QUEUE_ERROR instead of JOB_CREATED.
         """
-        lost = self.joblog.commit()
+        joblog = self.joblog
+        if joblog.pending:  # a write: count it (stats.py)
+            size, failures, started = joblog.size, joblog.failures, time.perf_counter()
+            lost = joblog.commit()
+            if joblog.failures != failures:
+                self.stats.commit_failed()
+            else:
+                self.stats.commit_done(joblog.size - size, time.perf_counter() - started)
+        else:
+            lost = joblog.commit()
         if not lost:
             return
         sched = self.scheduler
@@ -187,6 +231,7 @@ class Shard:
     def run(self, control: memoryview | None = None) -> None:
         """Recover from the job log, announce ourselves to every front and serve until
         stopped. `control` is our control block (its run id tells a crash from a new run)."""
+        self.control = control
         self.start(int(control[layout.CTRL_RUN_ID]) if control is not None else 0)
         epoll = select.epoll()
         epoll.register(self.my_bell, select.EPOLLIN)
@@ -202,6 +247,7 @@ class Shard:
         receivers = self.receivers
         in_rings = [r.ring for r in receivers]
         bell = self.my_bell
+        stats = self.stats
         tick = 0
         while self.running:
             timeout = 1.0
@@ -248,9 +294,29 @@ class Shard:
             tick += 1
             if control is not None:
                 control[layout.CTRL_HEARTBEAT] = tick
+                if self.settings.changed():  # a reload (live_config)
+                    self.apply_settings(control)
+            if now >= stats.next_publish:  # once a second (stats.py)
+                self.publish_stats(now)
         joblog.close()
         for seg in self.segments:
             seg.close()
+
+    def apply_settings(self, control: memoryview) -> None:
+        """Apply a reloaded config: log level, job retries, wake-ups, per-function settings."""
+        got = self.settings.read()
+        if got is None:
+            return
+        generation, config = got
+        self.config = config
+        logs.set_level(config.log_level)
+        sched = self.scheduler
+        sched.job_retries = config.job_retries
+        sched.worker_wakeup = config.worker_wakeup
+        changed = self.function_settings.reload(config, sched.functions())
+        if changed:
+            log.info("reload: new settings for %d functions", changed)
+        control[layout.CTRL_SETTINGS] = generation
 
     def install_signals(self, early: list[int]) -> None:
         """Take over SIGTERM (stop) and SIGUSR1 (drain), applying any that came early."""
@@ -261,6 +327,7 @@ class Shard:
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.running = False
+        os.eventfd_write(self.my_bell, 1)  # out of epoll now, not at its timeout
 
     def _on_sigusr1(self, signum: int, frame: object) -> None:
         self.draining = True  # a graceful stop: running jobs finish, no new ones are handed out

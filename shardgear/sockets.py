@@ -1,8 +1,29 @@
-"""Listening sockets: every front binds the same port itself with SO_REUSEPORT."""
+"""Listening sockets: every front binds the same port itself with SO_REUSEPORT, or serves the
+sockets systemd passed to the supervisor (socket activation), which hands them on."""
 
 from __future__ import annotations
 
+import os
 import socket
+from typing import Final
+
+#: Environment variable through which the supervisor gives its fronts the inherited sockets
+#: (comma-separated file descriptors, passed with pass_fds).
+LISTEN_FDS_ENV: Final = "SHARDGEAR_LISTEN_FDS"
+
+
+def listeners(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """The front's listening sockets: the inherited ones (socket activation; then nothing is
+    bound here, several ports or addresses are fine), else one bound on (host, port)."""
+    inherited = os.environ.get(LISTEN_FDS_ENV, "")
+    if inherited:
+        socks = []
+        for text in inherited.split(","):
+            sock = socket.socket(fileno=int(text))
+            sock.setblocking(False)
+            socks.append(sock)
+        return socks
+    return [bind_listener(host, port, backlog)]
 
 
 def bind_listener(host: str, port: int, backlog: int) -> socket.socket:

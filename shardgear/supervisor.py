@@ -3,29 +3,42 @@
 Theory of operation
 -------------------
 1. Sweep: remove shared-memory segments that a dead supervisor on the same port left behind.
-2. Create every segment (rings, boards, control block) with O_CREX and one eventfd doorbell per
-   child. Only the supervisor creates or unlinks; children attach by name and inherit doorbells.
-   Make the job logs in the state directory fit this run's shard count (`shardgear.reshard`).
-3. Spawn S shards (``python -m shardgear.child``); each recovers its stored jobs from its job log
-   (a restarted shard recovers all of its predecessor's jobs instead: ARCHITECTURE.md, "Shard
-   crash"), then sets its control-block state to READY. Only then spawn the F fronts, so that no
-   connection is served before the jobs are back. When every child is READY, log "ready" and
-   tell systemd.
+2. Create every segment (rings, boards, control block, settings, stats) with O_CREX and one
+   eventfd doorbell per child. Only the supervisor creates or unlinks; children attach by name
+   and inherit doorbells. Make the job logs in the state directory fit this run's shard count
+   (`shardgear.reshard`). With socket activation (LISTEN_FDS) the inherited listening sockets are
+   handed to every front, which then binds nothing itself.
+3. Spawn S shards and F fronts together (``python -m shardgear.child``). Each shard recovers its
+   stored jobs from its job log (a restarted shard recovers all of its predecessor's jobs instead:
+   ARCHITECTURE.md, "Shard crash"), then sets its control-block state to READY; a front waits
+   until every shard is READY before it listens, so no connection is served before the jobs are
+   back. When every child is READY: log "ready" and send READY=1. While a long recovery runs,
+   EXTEND_TIMEOUT_USEC keeps systemd's start timeout away as long as the shards' progress
+   counters advance.
 4. Loop: signal handlers only queue the signal (``signal.set_wakeup_fd``); the loop dispatches
-   ``handle_<sig>``, reaps children with ``waitpid(WNOHANG)`` and restarts the dead ones. A child
-   that exits with EXIT_BOOT_ERROR, or dies five times within a minute, halts the server.
-5. Stop: SIGTERM, SIGINT or SIGUSR1 (admin ``shutdown graceful``) start a graceful stop: fronts
-   stop accepting, shards stop handing out jobs (GRAB gets NO_JOB), and the supervisor waits until
-   no job is running or ``--graceful-timeout`` passes. A second SIGTERM/SIGINT, or SIGQUIT (admin
-   ``shutdown``), stops at once. Either way every child gets SIGTERM (SIGKILL after 5 s), shards
-   write their job logs, and every shared object is unlinked. Queued background jobs stay in the
-   job logs for the next start.
+   it, reaps children and restarts the dead ones (a child that exits with EXIT_BOOT_ERROR, or
+   dies five times within a minute, halts the server), and watches the heartbeats in the control
+   block: a serving child whose heartbeat has not moved for ``--heartbeat-timeout`` is killed
+   (and so restarted); WATCHDOG=1 goes to systemd only while every child's heartbeat moves;
+   STATUS= is refreshed every few seconds. SIGHUP reloads the config (live_config.py).
+5. Stop: SIGTERM, SIGINT or SIGUSR1 (admin ``shutdown graceful``) start a graceful stop
+   (STOPPING=1, once): fronts stop accepting, shards stop handing out jobs (GRAB gets NO_JOB),
+   and the supervisor waits until no job is running or ``--graceful-timeout`` passes. A second
+   SIGTERM/SIGINT, or SIGQUIT (admin ``shutdown``), stops at once. Either way every child gets
+   SIGTERM (SIGKILL after 5 s), shards write their job logs, and every shared object is unlinked.
+   Queued background jobs stay in the job logs for the next start. Children wake from epoll on a
+   stop signal at once, so an idle server stops in a few milliseconds.
+
+The supervisor never sleeps longer than `IDLE_TICK`; while something is about to change
+(children starting, a reload being applied, a graceful stop) it looks every `BUSY_TICK`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -33,25 +46,43 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import ExitStack
+from typing import TYPE_CHECKING, Final
 
 import orjson
 
-from shardgear import __version__, build_info
+from shardgear import __version__, build_info, logs, stats
 from shardgear.child import EXIT_BOOT_ERROR
 from shardgear.config import Config
+from shardgear.config_file import ConfigError, reload_changes
 from shardgear.instance import Instance, prefix_for_port
+from shardgear.live_config import SEGMENT_BYTES, SettingsWriter
 from shardgear.reshard import prepare_job_logs
 from shardgear.shm import layout
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment, pid_alive, sweep_stale
-from shardgear.systemd import sd_notify
+from shardgear.sockets import LISTEN_FDS_ENV
+from shardgear.systemd import Notifier, listen_fds
+
+if TYPE_CHECKING:  # imported when --metrics is on (prometheus_client takes a while to load)
+    from shardgear.metrics import Process, RingUse
 
 log = logging.getLogger("shardgear.supervisor")
 
-STOP_TIMEOUT = 5.0
-RESTART_WINDOW = 60.0
-RESTART_LIMIT = 5
+STOP_TIMEOUT: Final = 5.0
+EXIT_POLL: Final = 0.002  # seconds between looks at children that were told to exit
+RESTART_WINDOW: Final = 60.0
+RESTART_LIMIT: Final = 5
+RELOAD_TIMEOUT: Final = 5.0
+IDLE_TICK: Final = 0.5  # seconds between looks at the children when nothing is going on
+BUSY_TICK: Final = 0.005  # ... while children start, a reload is applied or a stop drains
+HEALTHY_WINDOW: Final = 3.0  # a serving child's heartbeat must have moved this recently
+STATUS_INTERVAL: Final = 5.0  # STATUS= refresh
+EXTEND_AFTER: Final = 2.0  # a start longer than this asks systemd for more time ...
+EXTEND_INTERVAL: Final = 5.0  # ... every EXTEND_INTERVAL seconds ...
+EXTEND_BY: Final = 15.0  # ... this much each time ...
+START_PROGRESS_WINDOW: Final = 60.0  # ... while some shard's progress moved within this
 
 
 class HaltServer(Exception):
@@ -67,29 +98,52 @@ class Child:
         self.slot = slot
         self.proc: subprocess.Popen[bytes] | None = None
         self.deaths: deque[float] = deque(maxlen=RESTART_LIMIT)
+        self.restarts = 0
         self.drain_sent = 0  # pid of the process that got SIGUSR1 for a graceful stop
+        self.beat = -1  # heartbeat + progress as last seen
+        self.beat_at = 0.0  # monotonic time it last moved
+        self.state = layout.CHILD_EMPTY
 
     @property
     def name(self) -> str:
         return f"{self.role} {self.index}"
 
+    @property
+    def label(self) -> str:
+        return f"{self.role}{self.index}"
+
 
 class Supervisor:
     """Owns every shared object and child process of one server instance."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, reload: Callable[[], Config] | None = None) -> None:
+        self.notifier = Notifier()
+        self.inherited = listen_fds()  # socket activation
+        if self.inherited:
+            config = dataclasses.replace(config, port=_port_of(self.inherited[0]) or config.port)
         self.config = config
+        self.load_config = reload
         self.instance = Instance(config.port, os.getpid(), config.fronts, config.shards)
         self.stack = ExitStack()
         self.segments: list[Segment] = []
         self.doorbells: list[int] = []
         self.children: list[Child] = []
         self.signals: deque[int] = deque()
+        self.started_at = time.monotonic()
         self.stopping = False
         self.graceful_deadline: float | None = None
+        self.jobs_ran_while_draining = False
         self.ready = False
-        self.fronts_spawned = False
         self.control_seg: Segment | None = None
+        self.control: memoryview | None = None  # the control blocks as u64 words
+        self.settings: SettingsWriter | None = None
+        self.stats: stats.StatsReader | None = None
+        self.rings: list[tuple[str, str, memoryview]] = []  # (from, to, header words)
+        self.reload_generation = 0  # the settings generation every child must acknowledge
+        self.reload_deadline = 0.0
+        self.next_watchdog = 0.0
+        self.next_status = 0.0
+        self.next_extend = self.started_at + EXTEND_AFTER
         # Tells a shard whether its job log was written in this run (its predecessor died) or
         # an earlier one: random, since a pid may come back after a reboot.
         self.run_id = int.from_bytes(os.urandom(8), "little") or 1
@@ -101,18 +155,42 @@ class Supervisor:
         if removed:
             log.warning("removed %d stale shared-memory segments of a dead server", len(removed))
         inst = self.instance
-        n_children = self.config.fronts + self.config.shards
+        config = self.config
+        n_children = config.fronts + config.shards
         self.control_seg = self._create(inst.control, layout.control_bytes(n_children))
-        ring_bytes = layout.ring_bytes(self.config.ring_size)
-        for s in range(self.config.shards):
+        self.control = self.control_seg.buf.cast("Q")
+        self.stack.callback(self.control.release)
+        settings_bytes = max(layout.settings_bytes(64 * 1024), fsize_cap(SEGMENT_BYTES))
+        self.settings = SettingsWriter(self._create(inst.settings, settings_bytes).buf)
+        self.stack.callback(self.settings.release)
+        self.settings.publish(config)
+        table_bytes = 0
+        if config.metrics:  # function tables; each segment must fit RLIMIT_FSIZE too
+            room = fsize_cap(layout.stats_bytes(n_children, config.shards, stats.TABLE_BYTES))
+            table_bytes = (room - layout.stats_bytes(n_children, 0, 0)) // config.shards & ~4095
+        stats_seg = self._create(
+            inst.stats, layout.stats_bytes(n_children, config.shards, table_bytes)
+        )
+        stats.initialize(stats_seg.buf, n_children, config.shards, table_bytes)
+        self.stats = stats.StatsReader(stats_seg.buf)
+        self.stack.callback(self.stats.release)
+        ring_bytes = layout.ring_bytes(config.ring_size)
+        for s in range(config.shards):
             board = self._create(inst.board(s), layout.BOARD_BYTES)
             layout.Board.initialize(board.buf)
-            for f in range(self.config.fronts):
-                for name in (inst.to_shard(f, s), inst.to_front(s, f)):
-                    Ring.initialize(self._create(name, ring_bytes).buf)
-        if self.config.store == "none":
-            for s in range(self.config.shards):  # the shards' job logs in /dev/shm
-                path = self.config.job_log_path(s, self.instance.supervisor_pid)
+            for f in range(config.fronts):
+                for name, src, dst in (
+                    (inst.to_shard(f, s), f"front{f}", f"shard{s}"),
+                    (inst.to_front(s, f), f"shard{s}", f"front{f}"),
+                ):
+                    seg = self._create(name, ring_bytes)
+                    Ring.initialize(seg.buf)
+                    words = seg.buf[: layout.RING_HEADER_BYTES].cast("Q")
+                    self.stack.callback(words.release)
+                    self.rings.append((src, dst, words))
+        if config.store == "none":
+            for s in range(config.shards):  # the shards' job logs in /dev/shm
+                path = config.job_log_path(s, self.instance.supervisor_pid)
                 self.stack.callback(_unlink_quietly, path + ".new")
                 self.stack.callback(_unlink_quietly, path)
         for _ in range(n_children):
@@ -127,15 +205,20 @@ class Supervisor:
         self.stack.callback(seg.close)
         return seg
 
+    def word(self, child: Child, field: int) -> int:
+        """A field of `child`'s control block."""
+        assert self.control is not None
+        return int(self.control[child.slot * layout.CONTROL_BYTES // 8 + field])
+
     # -------------------------------------------------------------- children
 
     def spawn(self, child: Child) -> None:
-        assert self.control_seg is not None
-        block = layout.control_view(self.control_seg.buf, child.slot)
-        for i in range(len(block)):
-            block[i] = 0
-        block[layout.CTRL_RUN_ID] = self.run_id
-        block.release()
+        assert self.control is not None and self.stats is not None
+        base = child.slot * layout.CONTROL_BYTES // 8
+        for i in range(layout.CONTROL_BYTES // 8):
+            self.control[base + i] = 0
+        self.control[base + layout.CTRL_RUN_ID] = self.run_id
+        self.stats.retire(child.slot, child.index if child.role == "shard" else -1)
         cmd = [
             sys.executable,
             "-m",
@@ -146,8 +229,26 @@ class Supervisor:
             ",".join(map(str, self.doorbells)),
             orjson.dumps(self.config.to_json_dict()).decode(),
         ]
-        child.proc = subprocess.Popen(cmd, pass_fds=self.doorbells, stdin=subprocess.DEVNULL)
-        log.info("started %s as pid %d", child.name, child.proc.pid)
+        fds = self.doorbells
+        env = None
+        if child.role == "front" and self.inherited:
+            fds = fds + self.inherited
+            env = dict(os.environ, **{LISTEN_FDS_ENV: ",".join(map(str, self.inherited))})
+        # SIGHUP stays blocked (pending, not lost) across the spawn: the child inherits the mask
+        # and unblocks it once it ignores SIGHUP, so a HUP to the whole group (systemctl kill)
+        # cannot kill a child that is still starting.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            child.proc = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL, env=env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        child.beat = -1
+        child.beat_at = time.monotonic()
+        child.state = layout.CHILD_EMPTY
+        if child.restarts:
+            log.log(logs.NOTICE, "restarted %s as pid %d", child.name, child.proc.pid)
+        else:
+            log.info("started %s as pid %d", child.name, child.proc.pid)
 
     def reap(self) -> None:
         for child in self.children:
@@ -177,39 +278,54 @@ class Supervisor:
             child.deaths.append(now)
             if len(child.deaths) == RESTART_LIMIT and now - child.deaths[0] < RESTART_WINDOW:
                 raise HaltServer(f"{child.name} died {RESTART_LIMIT} times within a minute")
+            child.restarts += 1
             self.spawn(child)
 
+    def all_ready(self) -> bool:
+        return all(
+            c.proc is not None and self.word(c, layout.CTRL_STATE) == layout.CHILD_READY
+            for c in self.children
+        )
+
     def check_ready(self) -> None:
-        assert self.control_seg is not None
-        for child in self.children:
-            block = layout.control_view(self.control_seg.buf, child.slot)
-            state = block[layout.CTRL_STATE]
-            block.release()
-            if state != layout.CHILD_READY:
-                return
+        if not self.all_ready():
+            return
         self.ready = True
         where = self.config.listen or "*"
-        log.warning(
-            "shardgear %s (%s) ready on %s:%d with %d fronts and %d shards (pid %d)",
+        if self.inherited:
+            where = ", ".join(_name_of(fd) for fd in self.inherited) + " (socket activation)"
+        else:
+            where = f"{where}:{self.config.port}"
+        log.log(
+            logs.NOTICE,
+            "shardgear %s (%s) ready on %s with %d fronts and %d shards (pid %d) in %.3f s",
             __version__,
             build_info.describe(),
             where,
-            self.config.port,
             self.config.fronts,
             self.config.shards,
             os.getpid(),
+            time.monotonic() - self.started_at,
         )
-        sd_notify(f"READY=1\nSTATUS=serving on port {self.config.port}\nMAINPID={os.getpid()}")
+        self.notifier.ready(self.status_line())
+        self.next_status = time.monotonic() + STATUS_INTERVAL
 
     def running_jobs(self) -> int:
-        assert self.control_seg is not None
-        total = 0
-        for child in self.children:
-            if child.role == "shard":
-                block = layout.control_view(self.control_seg.buf, child.slot)
-                total += block[layout.CTRL_RUNNING_JOBS]
-                block.release()
-        return total
+        return sum(
+            self.word(c, layout.CTRL_RUNNING_JOBS) for c in self.children if c.role == "shard"
+        )
+
+    def status_line(self) -> str:
+        """The one-line summary for STATUS=: connections, queued and running jobs."""
+        assert self.stats is not None
+        conns = queued = 0
+        for c in self.children:
+            live = self.stats.live(c.slot)
+            if c.role == "front":
+                conns += max(0, live[layout.ST_ACCEPTED] - live[layout.ST_CLOSED])
+            else:
+                queued += live[layout.ST_QUEUED]
+        return f"{conns} connections, {queued} jobs queued, {self.running_jobs()} running"
 
     def signal_children(self, sig: int, role: str | None = None) -> None:
         for child in self.children:
@@ -221,7 +337,7 @@ class Supervisor:
 
     def stop_children(self) -> None:
         self.stopping = True
-        sd_notify("STOPPING=1")
+        self.notifier.stopping("stopping")
         self.signal_children(signal.SIGTERM, "front")
         self._wait_children("front", STOP_TIMEOUT)
         self.signal_children(signal.SIGTERM)
@@ -230,20 +346,104 @@ class Supervisor:
         self._wait_children(None, STOP_TIMEOUT)
 
     def _wait_children(self, role: str | None, timeout: float) -> None:
+        """Wait up to `timeout` for the children (of `role`) to exit, looking every
+        `EXIT_POLL` (Popen.wait's back-off grows to 50 ms, a visible part of a stop)."""
         deadline = time.monotonic() + timeout
-        for child in self.children:
-            if child.proc is None or (role is not None and child.role != role):
-                continue
-            try:
-                child.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                continue
+        waiting = [
+            c.proc
+            for c in self.children
+            if c.proc is not None and (role is None or c.role == role)
+        ]
+        while waiting and time.monotonic() < deadline:
+            waiting = [p for p in waiting if p.poll() is None]
+            if not waiting:
+                return
             if (
                 self.signals
                 and self.signals[-1] in (signal.SIGINT, signal.SIGTERM)
                 and len(self.signals) > 1
             ):
                 return  # a second stop signal: no more waiting
+            time.sleep(EXIT_POLL)
+
+    # -------------------------------------------------------------- watching
+
+    def watch(self, now: float) -> None:
+        """Heartbeats (stalled children are killed), WATCHDOG=1, STATUS=, EXTEND_TIMEOUT_USEC."""
+        timeout = self.config.heartbeat_timeout
+        healthy = True
+        progressing = False
+        for child in self.children:
+            if child.proc is None:
+                continue
+            state = self.word(child, layout.CTRL_STATE)
+            beat = self.word(child, layout.CTRL_HEARTBEAT) + self.word(child, layout.CTRL_PROGRESS)
+            if beat != child.beat or state != child.state:
+                child.beat, child.beat_at, child.state = beat, now, state
+            quiet = now - child.beat_at
+            if state != layout.CHILD_READY:
+                progressing |= quiet < START_PROGRESS_WINDOW
+                healthy &= quiet < START_PROGRESS_WINDOW
+                continue
+            healthy &= quiet < HEALTHY_WINDOW
+            if timeout and quiet > timeout and not self.stopping:
+                log.error(
+                    "%s (pid %d) stopped responding (no heartbeat for %.1f s): killing it",
+                    child.name,
+                    child.proc.pid,
+                    quiet,
+                )
+                child.proc.kill()  # reaped and restarted like any other death
+                child.beat_at = now
+        notifier = self.notifier
+        if not notifier.enabled:
+            return
+        interval = notifier.watchdog_interval
+        if interval is not None and healthy and now >= self.next_watchdog:
+            notifier.watchdog()
+            self.next_watchdog = now + interval
+        if self.ready and now >= self.next_status and self.graceful_deadline is None:
+            notifier.status(self.status_line())
+            self.next_status = now + STATUS_INTERVAL
+        if not self.ready and now >= self.next_extend and progressing:
+            loaded = sum(
+                self.word(c, layout.CTRL_PROGRESS) for c in self.children if c.role == "shard"
+            )
+            notifier.extend_timeout(EXTEND_BY, f"starting: {loaded} stored jobs loaded")
+            self.next_extend = now + EXTEND_INTERVAL
+
+    def metrics_processes(self) -> list[Process]:
+        from shardgear.metrics import Process
+
+        return [
+            Process(c.role, c.index, c.slot, c.proc.pid if c.proc else 0, c.restarts)
+            for c in self.children
+        ]
+
+    def metrics_rings(self) -> list[RingUse]:
+        from shardgear.metrics import RingUse
+
+        out: list[RingUse] = []
+        for src, dst, words in self.rings:
+            used = int(words[layout.RING_TAIL_Q]) - int(words[layout.RING_HEAD_Q])
+            out.append(RingUse(src, dst, max(0, used), int(words[layout.RING_CAPACITY_Q])))
+        return out
+
+    def start_metrics(self) -> None:
+        """Serve Prometheus metrics on --metrics (a thread of ours; children do nothing)."""
+        from shardgear import httpd, metrics
+
+        assert self.stats is not None
+        source = metrics.Source(self.stats, self.metrics_processes, self.metrics_rings)
+        router = httpd.Router()
+        router.mount("/metrics", metrics.make_app(metrics.make_registry(source)))
+        try:
+            server = httpd.HttpServer(self.config.metrics, router)
+        except OSError as exc:
+            raise HaltServer(f"cannot serve metrics on {self.config.metrics}: {exc}") from None
+        server.start()
+        self.stack.callback(server.stop)
+        log.info("metrics on http://%s/metrics", self.config.metrics)
 
     # ------------------------------------------------------------------ loop
 
@@ -267,11 +467,16 @@ class Supervisor:
                 self.create_shared()
                 if self.config.store != "none":
                     prepare_job_logs(self.config, log)
+                if self.config.metrics:
+                    self.start_metrics()
                 self.children = [
                     Child("shard", s, self.instance.shard_slot(s))
                     for s in range(self.config.shards)
+                ] + [
+                    Child("front", f, self.instance.front_slot(f))
+                    for f in range(self.config.fronts)
                 ]
-                for child in self.children:
+                for child in self.children:  # together: a front waits for the shards itself
                     self.spawn(child)
                 self.loop(rfd)
             except HaltServer as exc:
@@ -285,15 +490,22 @@ class Supervisor:
                 signal.set_wakeup_fd(-1)
         rfd.close()
         wfd.close()
-        log.info("stopped")
+        self.notifier.close()
+        log.log(logs.NOTICE, "stopped")
         return status
 
     def _queue_signal(self, signum: int, frame: object) -> None:
         self.signals.append(signum)  # no logging, no reaping here (gunicorn b650332c)
 
+    def tick(self) -> float:
+        """How long the loop may sleep now."""
+        if not self.ready or self.reload_generation or self.graceful_deadline is not None:
+            return BUSY_TICK
+        return IDLE_TICK
+
     def loop(self, wakeup: socket.socket) -> None:
         while True:
-            select.select([wakeup], [], [], 0.2)
+            select.select([wakeup], [], [], self.tick())
             try:
                 while wakeup.recv(4096):
                     pass
@@ -304,72 +516,132 @@ class Supervisor:
                 if sig == signal.SIGQUIT or (
                     sig in (signal.SIGTERM, signal.SIGINT) and self.graceful_deadline is not None
                 ):
-                    log.warning("stopping now (%s)", signal.Signals(sig).name)
+                    log.log(logs.NOTICE, "stopping now (%s)", signal.Signals(sig).name)
                     return
                 if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                     self.start_graceful_stop(signal.Signals(sig).name)
+                elif sig == signal.SIGHUP and self.graceful_deadline is None:
+                    self.reload()
             self.reap()
-            if not self.fronts_spawned and self.shards_ready():
-                self.spawn_fronts()
-            if not self.ready and self.fronts_spawned:
+            now = time.monotonic()
+            if not self.ready:
                 self.check_ready()
+            if self.reload_generation:
+                self.check_reloaded()
+            self.watch(now)
             if self.graceful_deadline is not None:
-                if not self.fronts_spawned:
-                    return
                 self.tell_children_to_drain()
                 running = self.running_jobs()
-                if running == 0 or time.monotonic() >= self.graceful_deadline:
+                self.jobs_ran_while_draining |= running > 0
+                if running == 0 or now >= self.graceful_deadline:
                     if running:
                         log.warning("stopping with %d jobs still running", running)
-                    time.sleep(0.2)  # let the last results reach their clients
+                    if self.jobs_ran_while_draining:
+                        time.sleep(0.2)  # let the last results reach their clients
                     return
+
+    def reload(self) -> None:
+        """SIGHUP: read the config file again and publish what can change without a restart.
+        A bad file is refused (logged) and the running config stays."""
+        if self.load_config is None or self.settings is None:
+            log.log(logs.NOTICE, "reload (SIGHUP): no --config file; nothing to re-read")
+            return
+        log.log(logs.NOTICE, "reloading %s (SIGHUP)", self.config.config_file or "the config")
+        try:
+            new = self.load_config()
+        except ConfigError as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            return
+        config, restart = reload_changes(self.config, new)
+        if restart:
+            log.warning("reload: %s changed; that takes a restart", ", ".join(restart))
+        try:
+            generation = self.settings.publish(config)
+        except ValueError as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            return
+        self.notifier.reloading()
+        self.config = config
+        logs.set_level(config.log_level)
+        self.reload_generation = generation
+        self.reload_deadline = time.monotonic() + RELOAD_TIMEOUT
+        for fd in self.doorbells:
+            os.eventfd_write(fd, 1)
+
+    def check_reloaded(self) -> None:
+        """Once every serving child has applied the reload (or RELOAD_TIMEOUT has passed), say
+        so (and READY=1)."""
+        behind = [
+            child.name
+            for child in self.children
+            if child.proc is not None
+            and self.word(child, layout.CTRL_STATE) == layout.CHILD_READY
+            and self.word(child, layout.CTRL_SETTINGS) < self.reload_generation
+        ]
+        if behind and time.monotonic() < self.reload_deadline:
+            return
+        if behind:
+            log.warning("reload: not applied by %s yet", ", ".join(behind))
+        log.log(logs.NOTICE, "reloaded")
+        self.reload_generation = 0
+        if self.ready:
+            self.notifier.ready(self.status_line())
 
     def start_graceful_stop(self, why: str) -> None:
         if self.graceful_deadline is not None:
             return
-        log.warning(
+        log.log(
+            logs.NOTICE,
             "stopping (%s): no new connections or jobs; waiting up to %g s for running jobs",
             why,
             self.config.graceful_timeout,
         )
         self.graceful_deadline = time.monotonic() + self.config.graceful_timeout
-        sd_notify("STOPPING=1")
+        self.notifier.stopping(f"stopping: waiting for {self.running_jobs()} running jobs")
         self.tell_children_to_drain()
 
     def tell_children_to_drain(self) -> None:
         """SIGUSR1 every child that serves and has not had it (a child still starting gets it once
         it is READY: before it has installed its handlers the signal could kill it)."""
-        assert self.control_seg is not None
         for child in self.children:
             if child.proc is None or child.drain_sent == child.proc.pid:
                 continue
-            block = layout.control_view(self.control_seg.buf, child.slot)
-            state = block[layout.CTRL_STATE]
-            block.release()
-            if state == layout.CHILD_READY:
+            if self.word(child, layout.CTRL_STATE) == layout.CHILD_READY:
                 child.drain_sent = child.proc.pid
                 try:
                     child.proc.send_signal(signal.SIGUSR1)
                 except ProcessLookupError:
                     pass
 
-    def shards_ready(self) -> bool:
-        assert self.control_seg is not None
-        for child in self.children:
-            if child.role == "shard":
-                block = layout.control_view(self.control_seg.buf, child.slot)
-                state = block[layout.CTRL_STATE]
-                block.release()
-                if state != layout.CHILD_READY:
-                    return False
-        return True
 
-    def spawn_fronts(self) -> None:
-        self.fronts_spawned = True
-        fronts = [Child("front", f, self.instance.front_slot(f)) for f in range(self.config.fronts)]
-        self.children += fronts
-        for child in fronts:
-            self.spawn(child)
+def _port_of(fd: int) -> int:
+    """The local TCP port of inherited socket `fd` (0 if it has none)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        address = sock.getsockname()
+    finally:
+        sock.detach()
+    return int(address[1]) if isinstance(address, tuple) else 0
+
+
+def _name_of(fd: int) -> str:
+    sock = socket.socket(fileno=fd)
+    try:
+        address = sock.getsockname()
+    finally:
+        sock.detach()
+    if isinstance(address, tuple):
+        host = address[0]
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)
+
+
+def fsize_cap(wanted: int) -> int:
+    """`wanted`, or RLIMIT_FSIZE (which caps shared-memory segments too) if that is lower."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return wanted
+    return int(soft) & ~0xFFF
 
 
 def _unlink_quietly(path: str) -> None:
@@ -381,10 +653,8 @@ def _unlink_quietly(path: str) -> None:
         log.warning("could not remove %s: %s", path, exc)
 
 
-def run(config: Config) -> int:
-    """Run a server until it is stopped; return the process exit status."""
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(asctime)s shardgear[{os.getpid()}] supervisor %(levelname)s %(message)s",
-    )
-    return Supervisor(config).run()
+def run(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Run a server until it is stopped; return the process exit status. `reload` returns the
+    config anew (a SIGHUP calls it; it raises ConfigError for a bad file)."""
+    logs.setup("supervisor", config.log_level, config.log_format)
+    return Supervisor(config, reload).run()

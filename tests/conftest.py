@@ -69,12 +69,16 @@ class Server:
         state_dir: str | None = None,
         preexec_fn: Callable[[], None] | None = None,
         target: str | None = None,
+        env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.host = "127.0.0.1"
         self.extra_args = extra_args
         self.target = target or TARGET  # the run's target unless a test needs a given one
         self.port = self.fixed_port = port  # a fixed port: a restart of an earlier server
         self.preexec_fn = preexec_fn
+        self.env = env  # added to the environment of the server
+        self.pass_fds = pass_fds
         self.own_state_dir = state_dir is None
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_path = ""
@@ -147,6 +151,8 @@ class Server:
                 cwd=REPO,
                 start_new_session=True,
                 preexec_fn=self.preexec_fn,
+                env=None if self.env is None else {**os.environ, **self.env},
+                pass_fds=self.pass_fds,
             )
             os.close(fd)
             try:

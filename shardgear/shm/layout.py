@@ -95,11 +95,86 @@ a child into the slot). There is no header: the supervisor both creates the segm
     0       8     heartbeat          child: a tick it increments at least once per loop iteration
     8       8     pid                child: its pid, written first thing after attaching
     16      8     state              child: one of the CHILD_* constants
-    24      8     running_jobs       child: jobs it has in progress (shards) or connections (fronts)
+    24      8     running_jobs       child: jobs it has in progress (shards); 0 (fronts)
     32      8     run_id             supervisor: its run's random id, written before the spawn (a
                                      shard whose job log has this id recovers a dead predecessor's
                                      jobs; any other id means an earlier run: durable jobs only)
+    40      8     settings           child: the settings generation it has applied (see below)
+    48      8     progress           child: a counter a shard advances while it starts (its job
+                                     log being read and recovered), so the supervisor can tell a
+                                     long start from a hung one (EXTEND_TIMEOUT_USEC)
+    56      8     reserved           zero
+
+Settings
+--------
+One segment, created and written only by the supervisor, read by every child: the running
+``Config`` as JSON (``Config.to_json_dict``), republished on each reload (SIGHUP). A seqlock keeps a
+reader from using a half-written copy: the supervisor makes ``generation`` odd, writes ``length``
+and the JSON, then makes it even again; a reader reads ``generation`` (retrying while odd), the
+JSON, then ``generation`` again, and retries if it moved. After a publish the supervisor rings
+every child's doorbell; a child that finds a new generation applies it and stores the generation
+in its control block's ``settings`` field (``shardgear.live_config``).
+
+    offset  size  field              written by
+    0       8     magic              creator (``SETTINGS_MAGIC``, b"SGSETNG1"), once
+    8       8     version            creator (``SETTINGS_VERSION``), once
+    16      8     capacity           creator: bytes of the data area
+    24      8     generation         supervisor: even = stable, odd = being written
+    32      8     length             supervisor: bytes of JSON in the data area
     40      24    reserved           zero
+    64      cap   data               supervisor: the JSON
+
+Stats
+-----
+One segment, created by the supervisor, for what operators watch (STATUS=, Prometheus metrics):
+a header, one counter block per child slot (control-block order), then one function table per
+shard. A child writes only its own block and table; the supervisor only reads them (and, before it
+spawns a child into a slot, adds the old block to its running totals and zeroes it, so totals never
+go back). Counters are u64 plain stores through ``memoryview.cast('Q')`` (aligned, never torn), the
+only cost a front or shard pays on its loop: a front counts as things happen (accept, close,
+protocol close, pause); a shard stores its gauges and store numbers once a second.
+
+Stats header (little-endian u64)
+
+    offset  size  field              written by
+    0       8     magic              creator (``STATS_MAGIC``, b"SGSTATS1"), once
+    8       8     version            creator (``STATS_VERSION``), once
+    16      8     children           creator: blocks that follow
+    24      8     shards             creator: function tables after the blocks
+    32      8     table_bytes        creator: bytes of each function table (0: metrics are off)
+    40      24    reserved           zero
+
+Counter block of a child (``STATS_BLOCK_BYTES``, u64 each; index = offset / 8)
+
+    index   field                    written by
+    0       accepted                 front: connections accepted
+    1       closed                   front: connections closed (open = accepted - closed)
+    2       protocol_closes          front: connections closed for a protocol error or output cap
+    3       pauses                   front: times it stopped reading sockets (rings full)
+    4       queued                   shard: jobs queued (epoch jobs included), once a second
+    5       running                  shard: jobs running, once a second
+    6       store_commits            shard: writes of a turn's records to its job log
+    7       store_bytes              shard: bytes those writes added
+    8       store_commit_ns          shard: nanoseconds spent in them
+    9       store_failures           shard: writes that failed
+    10      log_bytes                shard: bytes in its job log file (a gauge)
+    11      log_snapshots            shard: snapshots (compactions) of its job log
+    12-15   reserved
+    16-31   store_commit_buckets     shard: writes by duration, one counter per
+                                     ``STORE_COMMIT_BOUNDS`` bucket (not cumulative), +Inf last
+    32-47   store_batch_buckets      shard: writes by bytes, per ``STORE_BATCH_BOUNDS``
+    48-63   reserved
+
+Function table of a shard (``table_bytes``, only with metrics on), a seqlock like the settings:
+
+    offset  size  field              written by
+    0       8     generation         shard: odd while it writes, even when the table is whole
+    8       8     length             shard: bytes of JSON that follow
+    16      8     published_ns       shard: CLOCK_REALTIME of the publish
+    24      40    reserved
+    64      len   data               shard: ``stats.FunctionStats.table`` as JSON, at most once
+                                     a second
+
 """
 
 from __future__ import annotations
@@ -221,7 +296,8 @@ def board_view(buf: Buffer) -> memoryview:
 # Control blocks
 
 CONTROL_BYTES: Final = 64
-CONTROL: Final = struct.Struct("<QQQQ")  # heartbeat, pid, state, running_jobs
+#: heartbeat, pid, state, running_jobs, run_id, settings, progress
+CONTROL: Final = struct.Struct("<QQQQQQQ")
 
 # Indexes in ``control_view(...)``.
 CTRL_HEARTBEAT: Final = 0
@@ -229,6 +305,8 @@ CTRL_PID: Final = 1
 CTRL_STATE: Final = 2
 CTRL_RUNNING_JOBS: Final = 3
 CTRL_RUN_ID: Final = 4
+CTRL_SETTINGS: Final = 5
+CTRL_PROGRESS: Final = 6
 
 # Values of the state field.
 CHILD_EMPTY: Final = 0  # no child in this slot (or the supervisor has just zeroed it)
@@ -250,3 +328,77 @@ def control_view(buf: Buffer, index: int) -> memoryview:
     if index < 0 or start + CONTROL_BYTES > len(mv):
         raise IndexError(f"control block {index} is outside a buffer of {len(mv)} bytes")
     return mv[start : start + CONTROL_BYTES].cast("Q")
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings
+
+SETTINGS_MAGIC: Final = int.from_bytes(b"SGSETNG1", "little")
+SETTINGS_VERSION: Final = 1
+SETTINGS_HEADER_BYTES: Final = 64
+#: magic, version, capacity, generation, length
+SETTINGS_HEADER: Final = struct.Struct("<QQQQQ")
+SETTINGS_GENERATION_Q: Final = 3
+SETTINGS_LENGTH_Q: Final = 4
+
+
+def settings_bytes(capacity: int) -> int:
+    """Return the segment size that holds settings of up to `capacity` bytes of JSON."""
+    return SETTINGS_HEADER_BYTES + capacity
+
+
+# --------------------------------------------------------------------------------------------------
+# Stats
+
+STATS_MAGIC: Final = int.from_bytes(b"SGSTATS1", "little")
+STATS_VERSION: Final = 1
+STATS_HEADER_BYTES: Final = 64
+#: magic, version, children, shards, table_bytes
+STATS_HEADER: Final = struct.Struct("<QQQQQ")
+STATS_BLOCK_BYTES: Final = 512
+STATS_TABLE_HEADER_BYTES: Final = 64
+
+ST_ACCEPTED: Final = 0
+ST_CLOSED: Final = 1
+ST_PROTOCOL_CLOSES: Final = 2
+ST_PAUSES: Final = 3
+ST_QUEUED: Final = 4
+ST_RUNNING: Final = 5
+ST_STORE_COMMITS: Final = 6
+ST_STORE_BYTES: Final = 7
+ST_STORE_COMMIT_NS: Final = 8
+ST_STORE_FAILURES: Final = 9
+ST_LOG_BYTES: Final = 10
+ST_LOG_SNAPSHOTS: Final = 11
+ST_STORE_COMMIT_BUCKETS: Final = 16
+ST_STORE_BATCH_BUCKETS: Final = 32
+#: Upper bounds (seconds) of the store commit-time buckets; a last bucket holds the rest (+Inf).
+STORE_COMMIT_BOUNDS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)
+#: Upper bounds (bytes) of the store batch-size buckets; a last bucket holds the rest (+Inf).
+STORE_BATCH_BOUNDS: Final = (
+    64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+#: Counters that are gauges (a new process starts them afresh; they are not carried over).
+ST_GAUGES: Final = frozenset({ST_QUEUED, ST_RUNNING, ST_LOG_BYTES})
+
+#: Function table header: generation, length, published_ns.
+STATS_TABLE_HEADER: Final = struct.Struct("<QQQ")
+
+
+def stats_bytes(children: int, shards: int, table_bytes: int) -> int:
+    """Return the size of a stats segment."""
+    return STATS_HEADER_BYTES + children * STATS_BLOCK_BYTES + shards * table_bytes
+
+
+def stats_block_offset(slot: int) -> int:
+    """Offset of child slot `slot`'s counter block."""
+    return STATS_HEADER_BYTES + slot * STATS_BLOCK_BYTES
+
+
+def stats_table_offset(children: int, shard: int, table_bytes: int) -> int:
+    """Offset of shard `shard`'s function table."""
+    return STATS_HEADER_BYTES + children * STATS_BLOCK_BYTES + shard * table_bytes
+
+
