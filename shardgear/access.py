@@ -305,7 +305,7 @@ def parse_table(table: Any) -> dict[str, Any]:
                 command = " ".join(str(name).lower().split())
                 if command not in ADMIN_COMMANDS:
                     raise ValueError(
-                        f"access.commands: unknown admin command {name!r} "
+                        f'access.commands."{name}": unknown admin command {name!r} '
                         f"(known: {', '.join(sorted(ADMIN_COMMANDS))})"
                     )
                 commands[command] = _patterns(f'access.commands."{name}"', patterns)
@@ -324,14 +324,15 @@ def parse_table(table: Any) -> dict[str, Any]:
                 for action, patterns in rule.items():
                     if action not in ACTIONS:
                         raise ValueError(
-                            f"{where}: unknown action {action!r} (known: {', '.join(ACTIONS)})"
+                            f"{where}.{action}: unknown action {action!r} "
+                            f"(known: {', '.join(ACTIONS)})"
                         )
                     entry[action] = _patterns(f"{where}.{action}", patterns)
                 functions[pattern] = entry
             out["functions"] = functions
         else:
             raise ValueError(
-                f"access: unknown key {key!r} (known: admins, monitors, commands, functions)"
+                f"access.{key}: unknown key {key!r} (known: admins, monitors, commands, functions)"
             )
     return out
 

@@ -123,7 +123,7 @@ def test_admin_rules_and_per_command_overrides() -> None:
     ("table", "message"),
     [
         ([], "access: expected a table"),
-        ({"admin": ["x"]}, "unknown key 'admin'"),
+        ({"admin": ["x"]}, "access.admin: unknown key 'admin'"),
         ({"admins": "ops"}, None),  # one string is a list of one
         ({"admins": [1]}, "access.admins: expected a list"),
         ({"admins": [" "]}, "access.admins: an empty identity"),
