@@ -45,6 +45,8 @@ _VERIFY_MODES: Final = {
     "optional": ssl.CERT_OPTIONAL,
     "none": ssl.CERT_NONE,
 }
+#: The largest TLS record's plaintext (RFC 8446 5.1, RFC 5246 6.2.1).
+MAX_RECORD: Final = 16384
 #: The most a joined write hands to OpenSSL at once (a slow reader's backlog is never copied whole).
 SEND_JOIN_LIMIT: Final = 1024 * 1024
 _EPOLLIN: Final = select.EPOLLIN
@@ -173,21 +175,32 @@ class TLSStream:
         return self.sock.getpeername()
 
     def recv(self, size: int) -> bytes:
+        """Up to `size` bytes. SSL_read returns one record (16 KiB at most) a call: while the
+        last record was a full one (the peer's write went on) or OpenSSL holds decrypted bytes
+        that epoll cannot see, the next one is read in the same call."""
         sock = self.sock
         try:
             data = sock.recv(size)
-            if data and sock.pending():
-                parts = [data]
-                got = len(data)
-                while got < size and sock.pending():
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise BlockingIOError(errno.EAGAIN, "TLS record incomplete") from None
+        n = len(data)
+        if n < size and (n >= MAX_RECORD or sock.pending()):
+            parts = [data]
+            got = n
+            try:
+                while got < size:
                     more = sock.recv(size - got)
                     if not more:
                         break
                     parts.append(more)
                     got += len(more)
-                data = b"".join(parts)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise BlockingIOError(errno.EAGAIN, "TLS record incomplete") from None
+                    if len(more) < MAX_RECORD and not sock.pending():
+                        break
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass  # what was read is returned; the rest comes with the next event
+            except OSError:
+                pass  # a broken connection: the next read reports it
+            data = b"".join(parts)
         return data
 
     def send(self, data: bytes | memoryview) -> int:

@@ -59,10 +59,13 @@ class ShardgearServer:
             args += ("--tls-port", str(self.port), "--tls-listen", "127.0.0.1")
             try:
                 self.server = Server(args).start()
+                ShardgearServer.started.append(self)
                 return
             except RuntimeError as exc:
                 last = exc
         raise AssertionError(f"shardgear did not start: {last}")
+
+    started: list[ShardgearServer] = []  # every one is stopped when its test ends
 
     def shutdown(self) -> None:
         self.server.stop()
@@ -100,7 +103,11 @@ def test_gear_functional_tests_over_tls(method: str) -> None:
 
     case = _gear_tls_case()(method)
     result = unittest.TestResult()
-    case.run(result)
+    try:
+        case.run(result)
+    finally:  # also when gear's setUp failed before its cleanups were registered
+        while ShardgearServer.started:
+            ShardgearServer.started.pop().shutdown()
     problems = [text for _test, text in result.errors + result.failures]
     assert result.testsRun == 1 and not problems, "\n".join(problems)
 
