@@ -236,6 +236,7 @@ class Front:
         conns = self.conns
         in_rings = [r.ring for r in self.receivers]
         main_tls = self.security.main_context  # TLS on --port itself, else None
+        handshaking = self.security.handshaking  # fd -> handshake; always empty without TLS
         tick = 0
         if control is not None:
             control[layout.CTRL_PID] = os.getpid()
@@ -245,9 +246,10 @@ class Front:
             deadline = self.gathers.next_deadline()
             if deadline is not None:
                 timeout = max(0.0, min(deadline - time.monotonic(), timeout))
-            deadline = self.security.next_deadline()
-            if deadline is not None:
-                timeout = max(0.0, min(deadline - time.monotonic(), timeout))
+            if handshaking:  # TLS handshakes in progress: wake up for their deadline
+                deadline = self.security.next_deadline()
+                if deadline is not None:
+                    timeout = max(0.0, min(deadline - time.monotonic(), timeout))
             if not announce_sleep(in_rings):
                 timeout = 0.0  # a shard wrote meanwhile: drain it, do not block
             try:
@@ -275,7 +277,8 @@ class Front:
             self.drain_shards()
             if self.gathers:
                 self.gathers.expire(time.monotonic())
-            self.security.expire(time.monotonic())
+            if handshaking:
+                self.security.expire(time.monotonic())
             # Requests into the rings before replies onto sockets: a worker that has the reply
             # to its GRAB knows its WORK_COMPLETE before it is in shared memory, which outlives
             # this process.

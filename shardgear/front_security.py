@@ -28,7 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from shardgear import tls
-from shardgear.access import STATUS, SUBMIT, WORK, AccessPolicy, Identity
+from shardgear.access import STATUS, SUBMIT, WORK, AccessPolicy, Identity, Rights
 from shardgear.config import Config
 from shardgear.limits import ConnectionLimits
 from shardgear.log_limit import LogLimiter
@@ -72,6 +72,8 @@ class FrontSecurity:
         #: TLS listeners of their own port (--tls-port), by fd
         self.listeners: dict[int, socket.socket] = {}
         self.handshakes: tls.Handshakes | None = None
+        #: the handshakes in progress by fd (the same dict for the front's life; empty without TLS)
+        self.handshaking: dict[int, Any] = {}
         if config.tls:
             self.context = tls.server_context(
                 config.tls_cert, config.tls_key, config.tls_ca, config.tls_client_cert
@@ -79,6 +81,7 @@ class FrontSecurity:
             self.handshakes = tls.Handshakes(
                 front.epoll, self._tls_ready, config.tls_handshake_timeout, self.limits.release
             )
+            self.handshaking = self.handshakes.pending
             if config.tls_port:
                 sock = bind_listener(config.tls_listen, config.tls_port, config.backlog)
                 self.listeners[sock.fileno()] = sock
@@ -150,7 +153,7 @@ class FrontSecurity:
         rights = conn.rights
         return rights.ident if rights is not None else Identity(conn.ip, conn.names)
 
-    def rights_for(self, ip: str, names: tuple[str, ...]) -> Any:
+    def rights_for(self, ip: str, names: tuple[str, ...]) -> Rights | None:
         """A new connection's `Rights` (None when no function is restricted)."""
         if not self.access.restricts:
             return None
