@@ -156,7 +156,7 @@ def drop_function(sched: Scheduler, func: bytes) -> str:
             break
     else:
         return "missing"
-    if f.workers or f.total or any(j.fn is f for j in sched.jobs()):
+    if f.workers or f.total:  # total: queued, scheduled and running jobs (cancelled ones too)
         return "busy"
     sched._functions.pop(f.name, None)
     return "ok"
