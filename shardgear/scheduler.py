@@ -51,6 +51,10 @@ gearmand 2.0 semantics, and where shardgear deliberately differs (spec: gearman-
 * An epoch job joins the tail of its queue when it becomes due (gearmand leaves it at its submission
   position and skips it until then).
 * ``job_retries`` N > 0 means N attempts in total; 0 means unlimited (gearmand <= 2.0).
+* CANT_DO and RESET_ABILITIES stop new assignments only: a job the worker holds stays its job, so
+  its WORK_* packets are accepted and reach the clients; it is requeued only when the worker
+  disconnects or its CAN_DO_TIMEOUT expires (gearmand requeues it at once, and then answers the
+  worker's WORK_COMPLETE with JOB_NOT_FOUND and runs the job again).
 * The board is zeroed when the scheduler is created; `shardgear.recovery.recover` refills it from a
   dead shard's journal (ARCHITECTURE.md, "Shard crash").
 * A background job the job log could not write is refused by the shard with ERROR QUEUE_ERROR
@@ -391,6 +395,7 @@ class Scheduler:
             w.timer_job = None
             if held is not None and held.worker is w:
                 self._requeue(held)
+                self._maybe_forget_worker(w)  # it may have sent CANT_DO meanwhile
 
     # ------------------------------------------------------------------ read access
 
@@ -648,8 +653,6 @@ class Scheduler:
         del w.funcs[f]
         del f.workers[conn]
         f.sleepers.pop(w, None)
-        for job in [j for j in w.jobs if j.fn is f]:
-            self._requeue(job)
         self._maybe_forget_worker(w)
 
     def _reset_abilities(self, conn: int, ptype: int, body: bytes, now: float) -> None:
@@ -660,8 +663,6 @@ class Scheduler:
             del f.workers[conn]
             f.sleepers.pop(w, None)
         w.funcs.clear()
-        for job in list(w.jobs):
-            self._requeue(job)
         self._maybe_forget_worker(w)
 
     def _maybe_forget_worker(self, w: Worker) -> None:

@@ -364,7 +364,8 @@ class Shard:
             elif op == messages.OP_ADMIN:
                 self.admin(conn, extra, m[16:])
             elif op == messages.OP_PING:
-                recovery.front_synced(sched, front, now)  # its workers' registrations have arrived
+                # its workers' registrations have arrived; the body lists its open connections
+                recovery.front_synced(sched, front, recovery.live_connections(m[16:]), now)
                 self.route()  # the PONG must follow every reply to what came before the PING
                 self.send(front, messages.pack(messages.OP_PONG, conn, extra=extra))
             elif op == messages.OP_RELAY:
