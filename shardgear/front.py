@@ -47,6 +47,7 @@ from shardgear.front_recovery import ShardRestarts
 from shardgear.gather import Gathers
 from shardgear.instance import Instance
 from shardgear.live_config import SettingsReader
+from shardgear.memory import Trimmer
 from shardgear.messages import HEADER, json_text
 from shardgear.proto import errors
 from shardgear.proto.numbers import fits_int64
@@ -68,8 +69,11 @@ from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
 from shardgear.sockets import listeners
 from shardgear.stats import ChildStats
+from shardgear.unread import UnreadCap
 
 log = logging.getLogger("shardgear.front")
+
+_SPENT_PARSER: Final = Parser()  # a closed connection's, so that its buffers can go
 
 _NO_JOB_MESSAGE_SIZE: Final = messages.HEADER_SIZE + len(NO_JOB_PACKET)
 
@@ -119,6 +123,7 @@ READ_SIZE = 64 * 1024  # 256 KiB recv buffers cost 5x more (glibc serves them wi
 PAUSE_HIGH_WATER = 8 * 1024 * 1024  # bytes waiting for a ring before sockets stop being read
 JOIN_LIMIT = 16 * 1024  # output up to this size is joined and sent with send(), not sendmsg()
 QUICKACK_ABOVE = 64 * 1024  # a partial packet this big is being received: ACK every segment
+TRIM_ABOVE = 1024 * 1024  # a connection closed with this much buffered counts for a heap trim
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 EPOLL_ERRS = select.EPOLLERR | select.EPOLLHUP
 
@@ -204,6 +209,8 @@ class Front(Replies):
         self.handler_table[ADMIN_LINE_TYPE] = self.on_admin_line
         self.handler_table[RESPONSE_MAGIC_TYPE] = self.on_response_magic
         self.accept_log = RateLimitedLog(log)
+        self.unread = UnreadCap(config.total_output_limit)
+        self.trimmer = Trimmer()
 
     @staticmethod
     def clock() -> float:
@@ -275,6 +282,10 @@ class Front(Replies):
                     self.write(conn)
             if self.closing:
                 self.settle(time.monotonic())
+            if self.unread:
+                self.unread.enforce(self.close)
+            if self.trimmer.due:
+                self.trimmer.maybe_trim()
             if any(self.outbox):  # a write that failed closed a connection: tell shards now
                 self.flush_shards()
             tick += 1
@@ -287,13 +298,14 @@ class Front(Replies):
         self.shutdown()
 
     def apply_settings(self, control: memoryview) -> None:
-        """Apply a reloaded config: log level, output limit; packet size and the exceptions
+        """Apply a reloaded config: log level, output limits; packet size and the exceptions
         option for new connections."""
         got = self.settings.read()
         if got is not None:
             generation, self.config = got
             logs.set_level(self.config.log_level)
             self.output_limit = self.config.output_limit
+            self.unread.limit = self.config.total_output_limit
             control[layout.CTRL_SETTINGS] = generation
 
     def install_signals(self, early: list[int]) -> None:
@@ -381,6 +393,13 @@ class Front(Replies):
         except OSError:
             pass
         conn.sock.close()
+        # Let its buffers go now (a late reply or gather may keep the object a while).
+        dropped = conn.out_bytes + conn.parser.buffered
+        conn.out.clear()
+        conn.out_bytes = 0
+        conn.parser = _SPENT_PARSER
+        if dropped > TRIM_ABOVE:
+            self.trimmer.freed(dropped)
         mask = conn.shards_used
         s = 0
         while mask:
@@ -504,6 +523,7 @@ class Front(Replies):
                 self.epoll.modify(conn.fd, conn.rmask)
         elif not conn.want_write:
             conn.want_write = True
+            self.unread.note(conn)
             self.epoll.modify(conn.fd, conn.rmask | EPOLLOUT)
 
     # ------------------------------------------------------------ the rings

@@ -73,6 +73,7 @@ GRAB_TYPES = frozenset({P.GRAB_JOB, P.GRAB_JOB_UNIQ, P.GRAB_JOB_ALL})
 RESULT_TYPES = frozenset({P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION})
 _JOB_CREATED = struct.pack("!I", P.JOB_CREATED)
 OP_REPLY = messages.OP_REPLY
+PAUSE_HIGH_WATER = 8 * 1024 * 1024  # bytes waiting for the output rings before input stops
 
 
 class Shard:
@@ -114,6 +115,7 @@ class Shard:
         self.scheduler = self._new_scheduler()
         self.running = True
         self.draining = False
+        self.paused = False  # see flush
         self.outbox: list[list[bytes]] = [[] for _ in range(self.fronts)]  # this loop turn's
         self.fronts_seen: set[int] = set()
 
@@ -257,7 +259,9 @@ class Shard:
                 deadline = sched.next_deadline()
                 if deadline is not None:
                     timeout = min(timeout, max(0.0, deadline - time.time()))
-            if not announce_sleep(in_rings):
+            if self.paused:
+                pass  # input waits; a front rings us once it has made room in our output rings
+            elif not announce_sleep(in_rings):
                 timeout = 0.0  # a front wrote meanwhile: drain it, do not block
             try:
                 if epoll.poll(timeout):
@@ -267,6 +271,8 @@ class Shard:
             awake(in_rings)
             now = time.time()
             for f, receiver in enumerate(receivers):
+                if self.paused:
+                    break  # our output to the fronts is backed up: take no new work
                 msgs = receiver.receive()
                 if msgs:
                     self.handle(f, msgs, now)
@@ -395,9 +401,13 @@ class Shard:
 
     def flush(self) -> None:
         """Move this turn's messages into the rings (one publish per ring) and ring the doorbells
-        of the fronts that announced sleep (shm/doorbell.py)."""
+        of the fronts that announced sleep (shm/doorbell.py). Pause reading the input rings while
+        more than PAUSE_HIGH_WATER bytes wait for room in the output rings (a front draining
+        slowly, or dead until it restarts): what workers stream to slow clients then waits in the
+        fronts (paused too) and the workers' sockets, not in this process's memory."""
         outbox = self.outbox
         wrote = 0  # bit mask of the rings written
+        pending = 0
         for f, sender in enumerate(self.senders):
             box = outbox[f]
             if box:
@@ -405,11 +415,16 @@ class Shard:
                 sender.send_many(box)
             if sender.flush():
                 wrote |= 1 << f
+            pending += sender.pending
         if wrote:
             fence()
             for f, sender in enumerate(self.senders):
                 if wrote >> f & 1 and sender.ring.consumer_sleeping:
                     os.eventfd_write(self.front_bells[f], 1)
+        paused = pending > PAUSE_HIGH_WATER
+        if paused != self.paused:
+            self.paused = paused
+            log.debug("reading from fronts %s", "paused" if paused else "resumed")
 
     def admin(self, conn: int, gid: int, body: bytes) -> None:
         """Answer an admin request from a front (orjson in, orjson out)."""
