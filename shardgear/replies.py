@@ -112,10 +112,10 @@ class Replies:
         self.close(conn)
 
     def reply(self, conn: Conn, data: bytes) -> None:
-        """Queue bytes behind any reply the connection is still owed."""
+        """Queue bytes behind any reply the connection is still owed (dropped once closed)."""
         if conn.pending:
             conn.pending.append([-1, -1, 0, 0, data])
-        else:
+        elif not conn.closed:
             self.emit(conn, data)
 
     def expect(self, conn: Conn, shard: int, ptype: int) -> int:
@@ -125,12 +125,10 @@ class Replies:
         return seq
 
     def release(self, conn: Conn) -> None:
-        """Move filled replies at the head of the FIFO to the socket."""
+        """Move filled replies at the head of the FIFO to the socket (none once closed)."""
         pending = conn.pending
-        while pending and pending[0][E_DATA] is not None:
+        while pending and pending[0][E_DATA] is not None and not conn.closed:
             self.emit(conn, pending.popleft()[E_DATA])
-            if conn.closed:
-                return
 
     def fill(self, conn: Conn, shard: int, seq: int, data: bytes) -> None:
         """Shard `shard` answered request `seq`: fill its slot and release what is ready. A reply
