@@ -42,6 +42,25 @@ LEVEL_NAMES: Final = {
 }
 
 
+#: The name an access rule knows each command by (``access.READ_ONLY`` / ``STATE_CHANGING``).
+COMMAND_NAMES: Final = {
+    admin.AdminCommand.STATUS: "status",
+    admin.AdminCommand.PRIORITY_STATUS: "prioritystatus",
+    admin.AdminCommand.WORKERS: "workers",
+    admin.AdminCommand.VERSION: "version",
+    admin.AdminCommand.GETPID: "getpid",
+    admin.AdminCommand.VERBOSE: "verbose",
+    admin.AdminCommand.MAXQUEUE: "maxqueue",
+    admin.AdminCommand.SHOW_JOBS: "show jobs",
+    admin.AdminCommand.SHOW_UNIQUE_JOBS: "show unique jobs",
+    admin.AdminCommand.CANCEL_JOB: "cancel job",
+    admin.AdminCommand.CREATE_FUNCTION: "create function",
+    admin.AdminCommand.DROP_FUNCTION: "drop function",
+    admin.AdminCommand.SHUTDOWN: "shutdown",
+    admin.AdminCommand.UNKNOWN: "unknown",
+}
+
+
 class AdminCommands:
     """The admin commands of one front."""
 
@@ -57,6 +76,10 @@ class AdminCommands:
             return
         C = admin.AdminCommand
         c, args = cmd.command, cmd.args
+        denial = front.security.admin_denial(conn, COMMAND_NAMES[c])
+        if denial is not None:
+            front.reply(conn, denial)
+            return
         shards = front.shards
         if c is C.STATUS:
             self.ask_shards(conn, {"cmd": "status"}, _finish_status)

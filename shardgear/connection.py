@@ -14,8 +14,9 @@ import socket
 from select import EPOLLIN
 from typing import Any, Final
 
+from shardgear.access import Rights
 from shardgear.proto.parser import Parser
-from shardgear.sockets import peer_ip
+from shardgear.tls import TLSStream
 
 Pending = list[Any]
 """A reply owed to a connection, filled by a shard's reply (matched by seq) or a gather: a plain
@@ -58,11 +59,13 @@ class Conn:
         "grab_order",
         "id",
         "ip",
+        "names",
         "noop_sent",
         "out",
         "out_bytes",
         "parser",
         "pending",
+        "rights",
         "rmask",
         "rr",
         "seq",
@@ -72,11 +75,18 @@ class Conn:
         "want_write",
     )
 
-    def __init__(self, conn_id: int, sock: socket.socket, parser: Parser, exceptions: bool) -> None:
+    def __init__(
+        self,
+        conn_id: int,
+        sock: socket.socket | TLSStream,
+        parser: Parser,
+        exceptions: bool,
+        ip: str,
+    ) -> None:
         self.id = conn_id
         self.sock = sock
         self.fd = sock.fileno()
-        self.ip = peer_ip(sock)
+        self.ip = ip  # the peer's address as text (`sockets.address_text`)
         self.parser = parser
         self.closed = False  # set once by Front.close; nothing is sent or owed after that
         self.closing = OPEN  # OPEN, DRAINING, REFUSING, LINGERING or CLOSED
@@ -97,3 +107,5 @@ class Conn:
         self.noop_sent = False
         self.shards_used = 0  # bit mask of shards that may hold state for this connection
         self.want_write = False
+        self.names: tuple[str, ...] = ()  # the names its verified TLS client certificate proves
+        self.rights: Rights | None = None  # its access decisions; None: nothing is restricted

@@ -116,6 +116,7 @@ class Function:
         "name",
         "nready",
         "payloads",
+        "qbytes",
         "queues",
         "ready",
         "running",
@@ -139,6 +140,7 @@ class Function:
         self.bidx = bidx  # board index of the HIGH counter of this function's slot
         self.uniques: dict[bytes, Job] = {}
         self.payloads: dict[bytes, Job] = {}
+        self.qbytes = 0  # payload bytes of its jobs (queued, future, running): max-queued-bytes
 
     @property
     def total(self) -> int:

@@ -44,7 +44,7 @@ from shardgear.connection import (
     REFUSING,
     Conn,
 )
-from shardgear.ratelog import RateLimitedLog
+from shardgear.log_limit import LogLimiter
 
 log = logging.getLogger("shardgear.front")
 
@@ -65,8 +65,7 @@ class Replies:
         output_limit: bytes a connection may leave unread before it is closed as too slow.
         shard_epochs: the HELLOs seen from each shard, kept in each reply slot sent there.
         closing: the connections that are DRAINING, REFUSING or LINGERING.
-        slow_log: rate-limited WARNINGs about slow readers.
-        protocol_log: rate-limited WARNINGs about protocol errors.
+        warn: rate-limited WARNINGs about slow readers and protocol errors (a budget each).
     """
 
     def __init__(self, output_limit: int, shards: int) -> None:
@@ -74,8 +73,7 @@ class Replies:
         self.output_limit = output_limit
         self.shard_epochs = [0] * shards
         self.closing: dict[Conn, None] = {}
-        self.slow_log = RateLimitedLog(log)
-        self.protocol_log = RateLimitedLog(log)
+        self.warn = LogLimiter(log)
 
     # -------------------------------------------------------------- the shell's part
 
@@ -104,7 +102,8 @@ class Replies:
     def overflowed(self, conn: Conn) -> None:
         """`conn` left more than ``output_limit`` bytes unread: close it."""
         self.count_close()
-        self.slow_log.warning(
+        self.warn.warning(
+            "slow reader",
             "closing connection from %s: %d bytes of output unread (over --max-output-buffer)",
             conn.ip,
             conn.out_bytes,
@@ -158,7 +157,7 @@ class Replies:
         if conn.closed or conn.closing != OPEN:
             return
         self.count_close()
-        self.protocol_log.warning("closing connection from %s: %s", conn.ip, why)
+        self.warn.warning("protocol error", "closing connection from %s: %s", conn.ip, why)
         if error is not None:
             self.reply(conn, error)
         self._closing(conn, REFUSING, now)
@@ -189,7 +188,8 @@ class Replies:
                     self.shut_write(conn)
             elif now >= conn.close_by:
                 self.count_close()
-                self.slow_log.warning(
+                self.warn.warning(
+                    "slow reader",
                     "closing connection from %s: %d replies and %d bytes unsent after %g s",
                     conn.ip,
                     len(conn.pending),

@@ -94,7 +94,17 @@ from .jobs import (
     Worker,
     add_client,
 )
-from .messages import HEADER, OP_CLOSE, OP_EXCEPTION, OP_REPLY, OP_SEND, OP_WAKE, front_of
+from .limits import ERR_QUEUED_BYTES, FunctionLimits
+from .messages import (
+    HEADER,
+    OP_CLOSE,
+    OP_EXCEPTION,
+    OP_REPLY,
+    OP_SEND,
+    OP_WAKE,
+    REVOKE_ABILITY,
+    front_of,
+)
 from .proto.numbers import atou32, strtoll
 from .proto.packets import RES_MAGIC, PacketType, error_packet, response
 
@@ -198,6 +208,7 @@ class Scheduler:
         log: Callable[[str], None] | None = None,
         on_new_function: Callable[[Function], None] | None = None,
         metrics: JobMetrics | None = None,
+        limits: FunctionLimits | None = None,
     ) -> None:
         if not 0 <= shard_index < shard_count:
             raise ValueError("shard_index must be in [0, shard_count)")
@@ -223,6 +234,8 @@ class Scheduler:
         # hook: gives a function its configured settings (function_settings.py) when created
         self._on_new_function = on_new_function
         self._metrics = metrics  # hook: per-function counters (stats.py), None = metrics off
+        self._limits = limits or FunctionLimits()
+        self._max_bytes = self._limits.max_queued_bytes
         self._functions: dict[bytes, Function] = {}
         self._jobs: dict[bytes, Job] = {}
         self._workers: dict[int, Worker] = {}
@@ -284,6 +297,8 @@ class Scheduler:
             self._echo(conn, ptype, body, now)
         elif ptype in (SET_CLIENT_ID, OPTION_REQ):
             self._front_only(conn, ptype, body, now)
+        elif ptype == REVOKE_ABILITY:
+            self._revoke_ability(conn, ptype, body, now)
         elif 0 < ptype <= MAX_PACKET_TYPE:
             self._send(conn, _ERR_NOT_EXPECTED)
         else:
@@ -479,6 +494,10 @@ class Scheduler:
             return
         f = self._functions.get(name)
         if f is None:
+            refused = self._limits.refuse_function(name, len(self._functions))
+            if refused is not None:
+                self._send(conn, refused)
+                return
             f = self._function(name)
         job = self._lookup(f, unique, data) if unique else None
         if job is not None:  # coalesce
@@ -499,6 +518,9 @@ class Scheduler:
         limit = f.maxq[prio]
         if limit > 0 and f.total >= limit:
             self._send(conn, _ERR_QUEUE_FULL)
+            return
+        if self._max_bytes and f.qbytes + len(data) > self._max_bytes:
+            self._send(conn, ERR_QUEUED_BYTES)
             return
         n = self._next_n
         handle = self._prefix + b"%d" % n
@@ -532,6 +554,7 @@ class Scheduler:
     def _insert(self, job: Job, when: int, now: float) -> None:
         """Index a new job and queue it (or hold it until `when`)."""
         self._jobs[job.handle] = job
+        job.fn.qbytes += len(job.data)
         unique = job.unique
         if unique == b"-":
             if job.data:
@@ -633,12 +656,16 @@ class Scheduler:
                 self._close(conn)
                 return
             timeout = tv
+        f = self._functions.get(name)
+        if f is None:
+            refused = self._limits.refuse_function(name, len(self._functions))
+            if refused is not None:
+                self._send(conn, refused)
+                return
+            f = self._function(name)
         w = self._workers.get(conn)
         if w is None:
             w = self._workers[conn] = Worker(conn)
-        f = self._functions.get(name)
-        if f is None:
-            f = self._function(name)
         if f not in w.funcs:
             f.workers[conn] = w
             if w.sleeping and not w.woken:
@@ -654,6 +681,20 @@ class Scheduler:
         del f.workers[conn]
         f.sleepers.pop(w, None)
         self._maybe_forget_worker(w)
+
+    def _revoke_ability(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        """The front withdrew the worker's right to run function `body` (access rules reloaded):
+        CANT_DO, and unlike the worker's own CANT_DO the jobs of it that the worker holds go
+        back to their queue, so a result it sends later is refused (JOB_NOT_FOUND)."""
+        w = self._workers.get(conn)
+        f = self._functions.get(body)
+        if w is None or f is None:
+            return
+        for job in [j for j in w.jobs if j.fn is f]:
+            self._requeue(job)
+        self._cant_do(conn, CANT_DO, body, now)
+        if self._workers.get(conn) is w:
+            self._maybe_forget_worker(w)
 
     def _reset_abilities(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         w = self._workers.get(conn)
@@ -968,7 +1009,8 @@ class Scheduler:
     def _forget(self, job: Job) -> None:
         """Remove a job that is in no queue and held by no worker from every index."""
         job.state = GONE
-        self._jobs.pop(job.handle, None)
+        if self._jobs.pop(job.handle, None) is not None:
+            job.fn.qbytes -= len(job.data)
         if job.ukind:
             self._unindex(job)
         if job.clients:

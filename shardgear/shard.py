@@ -38,6 +38,7 @@ from shardgear.config import Config
 from shardgear.function_settings import FunctionSettingsApplier
 from shardgear.instance import Instance
 from shardgear.joblog import JobLog, read_log
+from shardgear.limits import FunctionLimits
 from shardgear.live_config import SettingsReader
 from shardgear.messages import HEADER
 from shardgear.proto.packets import NO_JOB_PACKET, PacketType
@@ -132,6 +133,12 @@ class Shard:
             log=log.warning,
             on_new_function=self.function_settings.apply,
             metrics=self.function_stats,
+            limits=FunctionLimits(
+                config.max_functions,
+                config.max_function_name,
+                config.max_queued_bytes,
+                config.shards,
+            ),
         )
 
     def _attach(self, name: str) -> Segment:

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 
 from shardgear.connection import Conn
-from shardgear.ratelog import RateLimitedLog
+from shardgear.log_limit import LogLimiter
 
 log = logging.getLogger("shardgear.front")
 
@@ -30,7 +30,7 @@ class UnreadCap:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._slow: set[Conn] = set()
-        self._log = RateLimitedLog(log)
+        self._log = LogLimiter(log)
 
     def __bool__(self) -> bool:
         return bool(self._slow)
@@ -54,6 +54,7 @@ class UnreadCap:
         for conn in sorted(slow, key=_unread, reverse=True):
             unread = conn.out_bytes
             self._log.warning(
+                "max-total-output",
                 "closing connection from %s: %d bytes unread, %d unread by all connections "
                 "(--max-total-output %d)",
                 conn.ip,

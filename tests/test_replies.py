@@ -106,7 +106,7 @@ class ConnectionStates(RuleBasedStateMachine):
         self.socks = [socket.socket() for _ in range(2)]
         self.models = []
         for i, sock in enumerate(self.socks):
-            conn = Conn(i + 1, sock, Parser(), False)
+            conn = Conn(i + 1, sock, Parser(), False, "127.0.0.1")
             self.models.append(Model(conn))
 
     def teardown(self) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from shardgear import routing, shard_admin
 from shardgear.invariants import check_invariants
-from shardgear.messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE
+from shardgear.messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE, REVOKE_ABILITY
 from shardgear.scheduler import Job, Scheduler
 from tests.effects import take_effects
 
@@ -447,6 +447,22 @@ def test_cant_do_then_disconnect_requeues_the_held_job(rig: Rig) -> None:
     rig.s.disconnect(W1, rig.now)
     rig.drain()
     assert shard_admin.show_jobs(rig.s) == [(h, 1, 0, 0)]  # queued again, retried once
+    rig.send(W2, CAN_DO, b"a")
+    assert rig.grab_handle(W2) == h
+
+
+def test_a_revoked_ability_takes_back_the_held_job(rig: Rig) -> None:
+    """The front's REVOKE_ABILITY (access rules reloaded): CANT_DO, and the held job is requeued,
+    so the worker's late result is refused; its other function is untouched."""
+    rig.send(W1, CAN_DO, b"a")
+    rig.send(W1, CAN_DO, b"b")
+    h = rig.submit(C1, b"a")
+    assert rig.grab_handle(W1) == h
+    rig.send(W1, REVOKE_ABILITY, b"a")
+    assert shard_admin.show_jobs(rig.s) == [(h, 1, 0, 0)]  # queued again, retried once
+    assert error_of(rig, rig.send(W1, WORK_COMPLETE, h, b"late"))[0] == b"JOB_NOT_FOUND"
+    hb = rig.submit(C1, b"b")
+    assert rig.grab_handle(W1) == hb  # still registered for "b"
     rig.send(W2, CAN_DO, b"a")
     assert rig.grab_handle(W2) == h
 
@@ -905,10 +921,14 @@ def test_drop_function(rig: Rig) -> None:
         shard_admin.drop_function(rig.s, b"busy") == "busy"
     )  # case-insensitive, workers registered
     rig.send(W1, CANT_DO, b"Busy")
-    h = rig.submit(C1, b"Busy")
+    rig.submit(C1, b"Busy")
+    # a queued job is never destroyed: refused (gearmand would delete it)
+    assert shard_admin.drop_function(rig.s, b"BUSY") == "busy"
+    assert rig.packets(rig.drain()) == [] and rig.s.job_count() == 1
+    rig.s.disconnect(C1, rig.now)  # its only client leaves: the foreground job goes
+    assert rig.s.job_count() == 0
     assert shard_admin.drop_function(rig.s, b"BUSY") == "ok"
-    assert rig.packets(rig.drain()) == [(C1, WORK_FAIL, h)]  # queued jobs are failed, not leaked
-    assert shard_admin.status(rig.s) == [] and rig.s.job_count() == 0
+    assert shard_admin.status(rig.s) == []
 
 
 def test_drop_function_is_refused_while_jobs_run(rig: Rig) -> None:
@@ -916,8 +936,14 @@ def test_drop_function_is_refused_while_jobs_run(rig: Rig) -> None:
     h = rig.submit(C1, b"f")
     rig.grab(W1)
     rig.send(W1, CANT_DO, b"f")
-    assert shard_admin.drop_function(rig.s, b"f") == "busy"  # W1 still runs its job
+    # CANT_DO stops new assignments only (issue 7): W1 still runs its job, and a job is never
+    # destroyed (drop function refuses while the function has one)
+    rig.send(W2, CAN_DO, b"f")
+    rig.send(W2, RESET_ABILITIES)
+    assert shard_admin.drop_function(rig.s, b"f") == "busy"
+    assert rig.s.job_count() == 1
     rig.send(W1, WORK_COMPLETE, h, b"")
+    assert rig.s.job_count() == 0
     assert shard_admin.drop_function(rig.s, b"f") == "ok"
 
 

@@ -297,7 +297,7 @@ def test_a_flood_of_protocol_errors_is_logged_rate_limited(start_server):
     assert version_round(srv) == VERSION_REPLY
     log = srv.stderr_text(limit=10_000_000)
     lines = [x for x in log.splitlines() if "bad packet magic" in x]
-    assert 1 <= len(lines) <= 40, len(lines)  # 20 per 10 s, and the run takes well under 20 s
+    assert 1 <= len(lines) <= 40, len(lines)  # log_limit: 5 per 10 s; the run takes well under 70 s
     assert all(" WARNING " in x for x in lines)
     assert_no_child_restarted(srv, before)
 

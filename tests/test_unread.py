@@ -1,9 +1,8 @@
-"""The small pieces that bound what a peer can make a front do: rate-limited log lines, the cap on
-unread output of all connections, and heap trims after large frees (issue 7)."""
+"""The small pieces that bound a front's memory: the cap on unread output of all connections, and
+heap trims after large frees (issue 7). Rate-limited log lines: tests/test_log_limit.py."""
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections.abc import Iterator
 
@@ -12,7 +11,6 @@ import pytest
 from shardgear.connection import Conn
 from shardgear.memory import TRIM_AFTER, TRIM_INTERVAL, Trimmer
 from shardgear.proto.parser import Parser
-from shardgear.ratelog import RateLimitedLog
 from shardgear.unread import UnreadCap
 
 
@@ -24,46 +22,10 @@ class Clock:
         return self.now
 
 
-def test_ratelog_lets_a_burst_through_then_counts_and_reports_the_rest(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    clock = Clock()
-    rl = RateLimitedLog(logging.getLogger("test.ratelog"), burst=3, interval=10.0, clock=clock)
-    with caplog.at_level(logging.WARNING, "test.ratelog"):
-        passed = [rl.warning("line %d", i) for i in range(10)]
-        assert passed == [True] * 3 + [False] * 7
-        assert rl.suppressed == 7
-        clock.now += 10.0  # a new interval
-        assert rl.warning("after")
-    messages = [r.getMessage() for r in caplog.records]
-    assert messages == [
-        "line 0",
-        "line 1",
-        "line 2",
-        "7 similar log lines suppressed (more than 3 in 10 s)",
-        "after",
-    ]
-    assert all(r.levelno == logging.WARNING for r in caplog.records)
-
-
-def test_ratelog_costs_nothing_below_the_loggers_level(caplog: pytest.LogCaptureFixture) -> None:
-    rl = RateLimitedLog(logging.getLogger("test.ratelog.quiet"), burst=1)
-    with caplog.at_level(logging.ERROR, "test.ratelog.quiet"):
-        assert not rl.warning("hidden")
-        assert rl.suppressed == 0  # not counted: the logger would not have shown it anyway
-        assert rl.error("shown")
-    assert [r.getMessage() for r in caplog.records] == ["shown"]
-
-
-def test_ratelog_refuses_a_budget_of_nothing() -> None:
-    with pytest.raises(ValueError):
-        RateLimitedLog(logging.getLogger("x"), burst=0)
-
-
 @pytest.fixture
 def conns() -> Iterator[list[Conn]]:
     socks = [socket.socket() for _ in range(4)]
-    yield [Conn(i + 1, s, Parser(), False) for i, s in enumerate(socks)]
+    yield [Conn(i + 1, s, Parser(), False, "127.0.0.1") for i, s in enumerate(socks)]
     for s in socks:
         s.close()
 
