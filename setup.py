@@ -39,6 +39,7 @@ COMPILED = [
     "shardgear/messages.py",
     "shardgear/routing.py",
     "shardgear/connection.py",
+    "shardgear/replies.py",  # the base class of Front: a native class needs a native base
     "shardgear/grab.py",
     "shardgear/gather.py",
     "shardgear/front_recovery.py",

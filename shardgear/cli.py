@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: max packet size + 16M)",
     )
     setting(
+        "--max-total-output",
+        metavar="BYTES",
+        help="bytes all connections of one front may leave unread before those with the most "
+        "are closed (default: twice the per-connection limit)",
+    )
+    setting(
         "--ring-size",
         metavar="BYTES",
         help="size of each front<->shard shared-memory ring (default: 1M)",

@@ -120,6 +120,7 @@ class Config:
     worker_wakeup: int = 0  # NOOPs per queued job; 0 = every sleeping worker
     max_packet_size: int = 256 * MIB
     max_output_buffer: int = 0  # per connection; 0 = max_packet_size + 16 MiB
+    max_total_output: int = 0  # per front, all connections; 0 = twice the per-connection limit
     ring_size: int = 1 * MIB
     backlog: int = 1024
     graceful_timeout: float = 30.0
@@ -174,6 +175,11 @@ class Config:
     def output_limit(self) -> int:
         """Bytes a connection may have waiting to be written before it is closed as too slow."""
         return self.max_output_buffer or self.max_packet_size + 16 * MIB
+
+    @property
+    def total_output_limit(self) -> int:
+        """Bytes all of a front's connections may leave unread before the worst are closed."""
+        return self.max_total_output or 2 * self.output_limit
 
     def function_settings(self, name: bytes) -> FunctionSettings:
         """The per-function settings of function `name` (see `resolve_function_settings`)."""

@@ -233,6 +233,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("worker-wakeup", "worker_wakeup", int_range(0), reload=True),
     Setting("max-packet-size", "max_packet_size", size(), reload=True),
     Setting("max-output-buffer", "max_output_buffer", size(), reload=True),
+    Setting("max-total-output", "max_total_output", size(), reload=True),
     Setting("ring-size", "ring_size", size(64 * 1024)),
     Setting("backlog", "backlog", int_range(1)),
     Setting("store", "store", store_kind),

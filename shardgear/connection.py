@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import socket
+from select import EPOLLIN
 from typing import Any, Final
 
 from shardgear.access import Rights
@@ -31,6 +32,18 @@ E_EPOCH: Final = 3
 E_DATA: Final = 4
 E_TRIED: Final = 5  # GRABs only
 
+# Conn.closing: where a connection is on its way out (shardgear.replies, "Closing").
+OPEN: Final = 0
+"""Reading and answering."""
+DRAINING: Final = 1
+"""The peer shut down its sending side (EOF): the replies it is owed go out, then we close."""
+REFUSING: Final = 2
+"""A protocol error: input is read and dropped; owed replies (and any ERROR) go out, then FIN."""
+LINGERING: Final = 3
+"""Our FIN is sent: input is read and dropped until the peer closes or the linger time is up."""
+CLOSED: Final = 4
+"""Closed (`Conn.closed` is set too)."""
+
 
 class Conn:
     """Everything a front knows about one client/worker/admin connection."""
@@ -38,7 +51,9 @@ class Conn:
     __slots__ = (
         "abilities",
         "client_id",
+        "close_by",
         "closed",
+        "closing",
         "exceptions",
         "fd",
         "grab_order",
@@ -51,6 +66,7 @@ class Conn:
         "parser",
         "pending",
         "rights",
+        "rmask",
         "rr",
         "seq",
         "shards_used",
@@ -73,6 +89,9 @@ class Conn:
         self.ip = ip  # the peer's address as text (`sockets.address_text`)
         self.parser = parser
         self.closed = False  # set once by Front.close; nothing is sent or owed after that
+        self.closing = OPEN  # OPEN, DRAINING, REFUSING, LINGERING or CLOSED
+        self.close_by = 0.0  # monotonic deadline of DRAINING, REFUSING and LINGERING
+        self.rmask = EPOLLIN  # the epoll events wanted besides EPOLLOUT: 0 once input has ended
         self.out: list[bytes | memoryview] = []
         self.out_bytes = 0
         self.pending: collections.deque[Pending] = collections.deque()  # see Pending

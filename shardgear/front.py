@@ -44,12 +44,14 @@ from shardgear import grab, logs, messages, routing
 from shardgear.access import SUBMIT, WORK
 from shardgear.admin_commands import AdminCommands
 from shardgear.config import Config
-from shardgear.connection import E_DATA, E_SEQ, E_SHARD, Conn
+from shardgear.connection import CLOSED, DRAINING, E_DATA, E_SEQ, E_SHARD, Conn
 from shardgear.front_recovery import ShardRestarts
 from shardgear.front_security import FrontSecurity
 from shardgear.gather import Gathers
 from shardgear.instance import Instance
 from shardgear.live_config import SettingsReader
+from shardgear.log_limit import LogLimiter
+from shardgear.memory import Trimmer
 from shardgear.messages import HEADER, json_text
 from shardgear.proto import errors
 from shardgear.proto.numbers import fits_int64
@@ -62,6 +64,7 @@ from shardgear.proto.packets import (
     response,
 )
 from shardgear.proto.parser import ADMIN_LINE_TYPE, RESPONSE_MAGIC_TYPE, Frame, Parser
+from shardgear.replies import Replies
 from shardgear.shm import layout
 from shardgear.shm.channel import Receiver, Sender
 from shardgear.shm.doorbell import announce_sleep, awake, fence
@@ -70,10 +73,11 @@ from shardgear.shm.segment import Segment
 from shardgear.sockets import address_text, listeners
 from shardgear.stats import ChildStats
 from shardgear.tls import TLSStream
+from shardgear.unread import UnreadCap
 
 log = logging.getLogger("shardgear.front")
-# Connections closed for a protocol error: WARNING, but a flood of them cannot fill the disk.
-_closing_log = logs.RateLimitedLog(log)
+
+_SPENT_PARSER: Final = Parser()  # a closed connection's, so that its buffers can go
 
 _NO_JOB_MESSAGE_SIZE: Final = messages.HEADER_SIZE + len(NO_JOB_PACKET)
 
@@ -122,16 +126,19 @@ REJECTED = frozenset(
 READ_SIZE = 64 * 1024  # 256 KiB recv buffers cost 5x more (glibc serves them with mmap)
 PAUSE_HIGH_WATER = 8 * 1024 * 1024  # bytes waiting for a ring before sockets stop being read
 JOIN_LIMIT = 16 * 1024  # output up to this size is joined and sent with send(), not sendmsg()
+QUICKACK_ABOVE = 64 * 1024  # a partial packet this big is being received: ACK every segment
+TRIM_ABOVE = 1024 * 1024  # a connection closed with this much buffered counts for a heap trim
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 EPOLL_ERRS = select.EPOLLERR | select.EPOLLHUP
 
 
-class Front:
+class Front(Replies):
     """One front process. `run()` serves until SIGTERM."""
 
     def __init__(
         self, config: Config, index: int, instance: Instance, doorbells: list[int]
     ) -> None:
+        super().__init__(config.output_limit, config.shards)
         self.config = config
         self.index = index
         self.instance = instance
@@ -161,7 +168,6 @@ class Front:
         # the number of HELLOs seen from each shard, kept in every reply slot it is asked for
         self.shard_epochs = self.restarts.epochs
         self.outbox: list[list[bytes]] = [[] for _ in range(self.shards)]  # this loop turn's
-        self.writers: set[Conn] = set()
         # our own SO_REUSEPORT socket, or the ones systemd passed (socket activation)
         self.listeners: list[socket.socket] = listeners(config.listen, config.port, config.backlog)
         self.epoll = select.epoll()
@@ -207,7 +213,9 @@ class Front:
         ]
         self.handler_table[ADMIN_LINE_TYPE] = self.on_admin_line
         self.handler_table[RESPONSE_MAGIC_TYPE] = self.on_response_magic
-        self.output_limit = config.output_limit
+        self.accept_log = LogLimiter(log)
+        self.unread = UnreadCap(config.total_output_limit)
+        self.trimmer = Trimmer()
 
     @staticmethod
     def clock() -> float:
@@ -287,8 +295,14 @@ class Front:
                 writers, self.writers = self.writers, set()
                 for conn in writers:
                     self.write(conn)
-                if any(self.outbox):  # a write that failed closed a connection: tell shards now
-                    self.flush_shards()
+            if self.closing:
+                self.settle(time.monotonic())
+            if self.unread:
+                self.unread.enforce(self.close)
+            if self.trimmer.due:
+                self.trimmer.maybe_trim()
+            if any(self.outbox):  # a write that failed closed a connection: tell shards now
+                self.flush_shards()
             tick += 1
             if control is not None:
                 control[layout.CTRL_HEARTBEAT] = tick
@@ -299,13 +313,14 @@ class Front:
         self.shutdown()
 
     def apply_settings(self, control: memoryview) -> None:
-        """Apply a reloaded config: log level, output limit; packet size and the exceptions
+        """Apply a reloaded config: log level, output limits; packet size and the exceptions
         option for new connections."""
         got = self.settings.read()
         if got is not None:
             generation, self.config = got
             logs.set_level(self.config.log_level)
             self.output_limit = self.config.output_limit
+            self.unread.limit = self.config.total_output_limit
             self.security.apply_access(self.config.access)
             control[layout.CTRL_SETTINGS] = generation
 
@@ -361,7 +376,7 @@ class Front:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("cannot accept a connection: %s", exc)
+                    self.accept_log.error("accept", "cannot accept a connection: %s", exc)
                 return
             ip = address_text(addr)
             if not self.security.admit(ip):  # connection limits
@@ -410,6 +425,9 @@ class Front:
             return
         conn.closed = True
         self.stats.block[layout.ST_CLOSED] += 1
+        conn.closing = CLOSED
+        if self.closing:
+            self.closing.pop(conn, None)
         if self.conns.get(conn.fd) is conn:
             del self.conns[conn.fd]
         self.by_id.pop(conn.id, None)
@@ -419,6 +437,13 @@ class Front:
         except OSError:
             pass
         conn.sock.close()
+        # Let its buffers go now (a late reply or gather may keep the object a while).
+        dropped = conn.out_bytes + conn.parser.buffered
+        conn.out.clear()
+        conn.out_bytes = 0
+        conn.parser = _SPENT_PARSER
+        if dropped > TRIM_ABOVE:
+            self.trimmer.freed(dropped)
         self.security.release(conn)
         mask = conn.shards_used
         s = 0
@@ -433,23 +458,32 @@ class Front:
             data = conn.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            data = b""
-        if not data:
+        except OSError:  # reset: nothing can reach the peer any more
             self.close(conn)
+            return
+        if not data:  # FIN: answer what was asked, then close (shardgear.replies, "Closing")
+            self.end_of_input(conn, time.monotonic())
+            if conn.closing == DRAINING:
+                self.epoll.modify(conn.fd, EPOLLOUT if conn.want_write else 0)
+            return
+        if conn.closing:  # input after a protocol error is dropped
             return
         try:
             frames = conn.parser.feed_frames(data)
         except errors.ProtocolError as exc:
-            # Handle what was framed before the bad bytes (as gearmand does), then close.
-            self.stats.block[layout.ST_PROTOCOL_CLOSES] += 1
-            _closing_log.warning("closing connection from %s: %s", conn.ip, exc)
+            # Handle what was framed before the bad bytes (as gearmand does), then refuse.
             self.dispatch(conn, getattr(exc, "events", ()))  # type: ignore[arg-type]
-            if not conn.closed:
-                self.write(conn)
-                self.close(conn)
+            error = None
+            if isinstance(exc, errors.PacketTooLarge):
+                error = error_packet(b"ARGUMENT_TOO_LARGE", str(exc).encode())
+            self.refuse(conn, str(exc), error, time.monotonic())
             return
         self.dispatch(conn, frames)
+        if not frames and conn.parser.buffered > QUICKACK_ABOVE and not conn.closed:
+            # In the middle of a large packet. A client with a small SO_SNDBUF (libgearman:
+            # 32 KiB) has one segment in flight, which the kernel would ACK only after its
+            # delayed-ACK timer (~40 ms a segment: 16 MiB took 11 s instead of 0.3 s).
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
     def dispatch(self, conn: Conn, frames: list[Frame]) -> None:
         """Handle the frames of one read. The data path (SUBMIT_JOB*, WORK_*) is inlined here,
@@ -481,7 +515,7 @@ class Front:
                             self.restarts.results.remember(shard, conn.id, ptype, body)
                         continue
             handlers[ptype](conn, ptype, body)
-            if conn.closed:
+            if conn.closing:  # closed, or refusing input after a protocol error
                 return
 
     def write(self, conn: Conn) -> None:
@@ -531,49 +565,11 @@ class Front:
         if not out:
             if conn.want_write:
                 conn.want_write = False
-                self.epoll.modify(conn.fd, EPOLLIN)
+                self.epoll.modify(conn.fd, conn.rmask)
         elif not conn.want_write:
             conn.want_write = True
-            self.epoll.modify(conn.fd, EPOLLIN | EPOLLOUT)
-
-    def emit(self, conn: Conn, data: bytes) -> None:
-        """Queue bytes for the socket now (no reply ordering involved)."""
-        conn.out.append(data)
-        conn.out_bytes += len(data)
-        if conn.out_bytes > self.output_limit:
-            self.overflowed(conn)
-        elif not conn.want_write:
-            self.writers.add(conn)
-
-    def overflowed(self, conn: Conn) -> None:
-        self.stats.block[layout.ST_PROTOCOL_CLOSES] += 1
-        _closing_log.warning(
-            "closing connection from %s: %d bytes of output unread (over --max-output-buffer)",
-            conn.ip,
-            conn.out_bytes,
-        )
-        self.close(conn)
-
-    def reply(self, conn: Conn, data: bytes) -> None:
-        """Queue bytes behind any reply the connection is still owed."""
-        if conn.pending:
-            conn.pending.append([-1, -1, 0, 0, data])
-        else:
-            self.emit(conn, data)
-
-    def expect(self, conn: Conn, shard: int, ptype: int) -> int:
-        """Reserve the connection's next reply slot for `shard`; return the request's seq."""
-        conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
-        conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None])
-        return seq
-
-    def release(self, conn: Conn) -> None:
-        """Move filled replies at the head of the FIFO to the socket."""
-        pending = conn.pending
-        while pending and pending[0][E_DATA] is not None:
-            self.emit(conn, pending.popleft()[E_DATA])
-            if conn.closed:
-                return
+            self.unread.note(conn)
+            self.epoll.modify(conn.fd, conn.rmask | EPOLLOUT)
 
     # ------------------------------------------------------------ the rings
 
@@ -679,11 +675,13 @@ class Front:
         elif op == messages.OP_EXCEPTION:
             if conn is not None:
                 self.relay_exception(conn, m[16:])
-        elif op == messages.OP_CLOSE:
+        elif op == messages.OP_CLOSE:  # the shard found a protocol error gearmand closes for
             if conn is not None:
-                self.stats.block[layout.ST_PROTOCOL_CLOSES] += 1
-                _closing_log.warning("closing connection from %s: protocol error", conn.ip)
-                self.close(conn)
+                for entry in conn.pending:  # no reply will come for the refused request
+                    if entry[E_SHARD] == s and entry[E_DATA] is None:
+                        entry[E_DATA] = b""
+                self.release(conn)
+                self.refuse(conn, "request refused by the shard", None, time.monotonic())
         elif op == messages.OP_ADMIN_REPLY:
             self.gathers.part(extra, orjson.loads(m[16:]))
         elif op == messages.OP_RELAY:
@@ -694,15 +692,6 @@ class Front:
             self.restarts.shard_started(s)
         elif op == messages.OP_PONG:
             self.restarts.fail_lost_requests(s, extra)
-
-    def fill(self, conn: Conn, shard: int, seq: int, data: bytes) -> None:
-        for entry in conn.pending:
-            if entry[E_SEQ] == seq and entry[E_SHARD] == shard:
-                entry[E_DATA] = data
-                break
-        else:
-            return  # a late reply for a request already answered on a shard restart
-        self.release(conn)
 
     def relay_exception(self, conn: Conn, body: bytes) -> None:
         if conn.exceptions:
@@ -726,11 +715,23 @@ class Front:
         conn.shards_used |= 1 << shard
         self.outbox[shard].append(_pack_header(_OP_PACKET, ptype, seq, conn.id) + body)
 
-    def protocol_close(self, conn: Conn, why: str) -> None:
+    def count_close(self) -> None:
+        """A connection was refused or closed as too slow (the metrics' protocol closes)."""
         self.stats.block[layout.ST_PROTOCOL_CLOSES] += 1
-        _closing_log.warning("closing connection from %s: %s", conn.ip, why)
-        self.write(conn)
-        self.close(conn)
+
+    def protocol_close(self, conn: Conn, why: str) -> None:
+        """A malformed field gearmand closes the connection for (no ERROR packet)."""
+        self.refuse(conn, why, None, time.monotonic())
+
+    def shut_write(self, conn: Conn) -> None:
+        """Send FIN after the last reply and drop input until the peer closes (LINGERING)."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close(conn)
+            return
+        conn.rmask = EPOLLIN
+        self.epoll.modify(conn.fd, EPOLLIN)
 
     def on_submit(self, conn: Conn, ptype: int, body: bytes) -> None:
         end = body.find(b"\0")

@@ -9,7 +9,9 @@ front's connections. On the new shard's HELLO the front:
    have read a WORK_COMPLETE from the ring and died before journaling it, which would leave the
    job "running" and its client waiting; the new shard applies those whose job is still running
    and drops the rest silently;
-3. sends a PING behind all of that. Requests still in the ring reach the new shard and are
+3. sends a PING behind all of that, carrying the ids of its open connections that used that
+   shard: the new shard disconnects the others (`recovery.front_synced`), whose DISCONNECT may
+   have died with its predecessor. Requests still in the ring reach the new shard and are
    answered; requests the dead one took and never answered are lost. When the PONG comes back,
    every reply slot still waiting on that shard from before its restart is answered here: NO_JOB
    for a GRAB, ``ERROR QUEUE_ERROR`` for anything else (`ShardRestarts.fail_lost_requests`).
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 from shardgear import messages
 from shardgear.connection import E_DATA, E_EPOCH, E_PTYPE, E_SHARD
 from shardgear.proto.packets import NO_JOB_PACKET, PacketType, error_packet
+from shardgear.recovery import pack_live_connections
 
 if TYPE_CHECKING:
     from shardgear.front import Front
@@ -104,7 +107,10 @@ class ShardRestarts:
                             messages.OP_PACKET, conn_id, body, arg=ptype, extra=messages.REPLAYED
                         ),
                     )
-        front.send_shard(shard, messages.pack(messages.OP_PING, 0, extra=epoch))
+        live = pack_live_connections(
+            c.id for c in front.conns.values() if c.shards_used >> shard & 1
+        )
+        front.send_shard(shard, messages.pack(messages.OP_PING, 0, live, extra=epoch))
 
     def fail_lost_requests(self, shard: int, epoch: int) -> None:
         """The PONG of shard start number `epoch` came: answer the requests sent to `shard`

@@ -32,7 +32,7 @@ from shardgear.access import STATUS, SUBMIT, WORK, AccessPolicy, Identity, Right
 from shardgear.config import Config
 from shardgear.limits import ConnectionLimits
 from shardgear.log_limit import LogLimiter
-from shardgear.messages import json_bytes, json_text
+from shardgear.messages import REVOKE_ABILITY, json_bytes, json_text
 from shardgear.proto.packets import PacketType, error_packet, response
 from shardgear.sockets import bind_listener
 
@@ -255,5 +255,5 @@ class FrontSecurity:
                     rights.ident,
                     func.decode("utf-8", "replace"),
                 )
-                front.on_cant_do(conn, int(PacketType.CANT_DO), func)
+                front.on_cant_do(conn, REVOKE_ABILITY, func)  # its held jobs too
         log.info("access rules reloaded on this front")

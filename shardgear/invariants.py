@@ -56,7 +56,6 @@ def check_invariants(sched: Scheduler) -> None:
         if j.state == RUNNING:
             assert j.worker is not None and j.worker.alive
             assert sched._workers.get(j.worker.conn) is j.worker and j in j.worker.jobs
-            assert j.fn in j.worker.funcs or j.worker.recovered
         else:
             assert j.worker is None
         if j.ukind == UK_UNIQUE:

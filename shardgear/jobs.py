@@ -182,7 +182,7 @@ class Worker:
         self.timer_entry_at = 0.0  # the time of that entry (<= timer_at when both are set)
         self.alive = True
         # Re-created from a dead shard's journal: holds jobs, but its front has not re-sent its
-        # registrations yet (Scheduler.recover, Scheduler.front_synced).
+        # registrations yet (recovery.recover, recovery.front_synced).
         self.recovered = False
 
     def __repr__(self) -> str:

@@ -1,4 +1,5 @@
-"""Logging setup of every shardgear process: levels, the two formats, and rate-limited warnings.
+"""Logging setup of every shardgear process: levels and the two formats (rate-limited lines are
+`shardgear.log_limit`'s).
 
 Levels are the stdlib's plus NOTICE (25, syslog's "normal but significant"): start, ready, reload,
 stop and child restarts are logged at NOTICE, so they show at the default level (notice).
@@ -21,8 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
-from typing import Any, Final
+from typing import Final
 
 NOTICE: Final = 25
 logging.addLevelName(NOTICE, "NOTICE")
@@ -98,35 +98,3 @@ def set_level(level: str) -> None:
     """Change this process's log level (a reload)."""
     logging.getLogger().setLevel(level_number(level))
 
-
-class RateLimitedLog:
-    """Warnings that a peer can cause at will (a connection closed for a protocol error): at most
-    `burst` per `interval` seconds; the ones left out are counted and reported with the next one
-    logged after the interval, so a flood cannot fill the disk and still leaves a trace."""
-
-    def __init__(self, logger: logging.Logger, burst: int = 20, interval: float = 10.0) -> None:
-        self.logger = logger
-        self.burst = burst
-        self.interval = interval
-        self.window_end = 0.0
-        self.count = 0
-        self.suppressed = 0
-
-    def warning(self, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now >= self.window_end:
-            if self.suppressed:
-                self.logger.warning(
-                    "%d more such warnings were not logged (at most %d per %g s)",
-                    self.suppressed,
-                    self.burst,
-                    self.interval,
-                )
-            self.window_end = now + self.interval
-            self.count = 0
-            self.suppressed = 0
-        if self.count < self.burst:
-            self.count += 1
-            self.logger.warning(msg, *args)
-        else:
-            self.suppressed += 1

@@ -37,6 +37,9 @@ OP_REPLY: Final = 12  # shard -> front: the reply to the request whose seq is in
 OP_PING: Final = 13  # front -> shard: extra = marker; answered by OP_PONG after all before it
 OP_PONG: Final = 14  # shard -> front: extra = the marker of the OP_PING
 
+# An OP_PACKET arg that is no Gearman packet type (the parser refuses those from a socket):
+REVOKE_ABILITY: Final = 0x100  # front -> shard: CANT_DO that also takes back the held jobs
+
 # `extra` of an OP_PACKET carrying a work result re-sent to a restarted shard: the shard applies
 # it if the job is still running and otherwise drops it silently.
 REPLAYED: Final = 0xFFFFFFFF

@@ -7,7 +7,7 @@ ways (ARCHITECTURE.md, "Shard crash" and "The job log"):
   back with its handle, queue position, attached foreground clients and holding worker; the
   fronts kept their connections open, so those clients and workers are still there. A recovered
   running job's worker is registered for nothing until its front re-sends CAN_DO; `front_synced`
-  then requeues the jobs whose worker did not register their function again.
+  then disconnects the connections its front no longer has (requeueing what they held).
 * `recover_cold`: the log was written by an earlier run of the server. Its connections are gone,
   so only durable (stored background) jobs come back: queued, with their handles, retries and
   epoch times; a job that was running is queued again.
@@ -22,7 +22,8 @@ for any records: records that make no sense are ignored.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+import struct
+from collections.abc import Container, Iterable
 
 from shardgear.joblog import (
     JF_BACKGROUND,
@@ -237,20 +238,39 @@ def _queue(sched: Scheduler, job: Job, now: float) -> None:
         sched._enqueue(job)
 
 
-def front_synced(sched: Scheduler, front: int, now: float) -> None:
+def front_synced(sched: Scheduler, front: int, live: Container[int], now: float) -> None:
     """Front `front` has re-sent the registrations of its workers since our start (its PING
-    reached us). A recovered job held by one of its connections that did not register the
-    job's function again (the connection closed while no shard was running, or it sent
-    CANT_DO) goes back to its queue, as it would have on the shard that died."""
-    if not sched._recovered:
-        return
+    reached us), and `live` holds the ids of its connections that are still open. A connection
+    of that front that is not in `live` closed while no shard was running (its DISCONNECT may
+    have died with our predecessor): it is disconnected here, so a recovered job it held goes
+    back to its queue and the jobs it waited for lose it as a client, as on the shard that died.
+    A live connection keeps its jobs whether or not it registered their functions again: after
+    CANT_DO a worker still completes the job it holds (`Scheduler`, "where shardgear differs").
+    """
     for conn, w in list(sched._recovered.items()):
         if front_of(conn) != front:
             continue
         del sched._recovered[conn]
         w.recovered = False
-        if not w.alive:
-            continue
-        for job in [j for j in w.jobs if j.fn not in w.funcs]:
-            sched._requeue(job)
-        sched._maybe_forget_worker(w)
+        if conn in live:
+            sched._maybe_forget_worker(w)
+        else:
+            sched.disconnect(conn, now)
+    # A client that closed while no shard ran, whose DISCONNECT the dead shard consumed without
+    # journaling it, would otherwise stay attached to its jobs for good.
+    gone = [c for c in sched._clients if front_of(c) == front and c not in live]
+    for conn in gone:
+        sched.disconnect(conn, now)
+
+
+def live_connections(body: bytes) -> frozenset[int]:
+    """The connection ids a front's PING carries (little-endian u64s), as a set; a malformed
+    tail is ignored."""
+    n = len(body) // 8
+    return frozenset(struct.unpack_from(f"<{n}Q", body)) if n else frozenset()
+
+
+def pack_live_connections(conns: Iterable[int]) -> bytes:
+    """The body of a front's PING: `conns` as little-endian u64s (see `live_connections`)."""
+    ids = list(conns)
+    return struct.pack(f"<{len(ids)}Q", *ids)

@@ -51,6 +51,10 @@ gearmand 2.0 semantics, and where shardgear deliberately differs (spec: gearman-
 * An epoch job joins the tail of its queue when it becomes due (gearmand leaves it at its submission
   position and skips it until then).
 * ``job_retries`` N > 0 means N attempts in total; 0 means unlimited (gearmand <= 2.0).
+* CANT_DO and RESET_ABILITIES stop new assignments only: a job the worker holds stays its job, so
+  its WORK_* packets are accepted and reach the clients; it is requeued only when the worker
+  disconnects or its CAN_DO_TIMEOUT expires (gearmand requeues it at once, and then answers the
+  worker's WORK_COMPLETE with JOB_NOT_FOUND and runs the job again).
 * The board is zeroed when the scheduler is created; `shardgear.recovery.recover` refills it from a
   dead shard's journal (ARCHITECTURE.md, "Shard crash").
 * A background job the job log could not write is refused by the shard with ERROR QUEUE_ERROR
@@ -91,7 +95,16 @@ from .jobs import (
     add_client,
 )
 from .limits import ERR_QUEUED_BYTES, FunctionLimits
-from .messages import HEADER, OP_CLOSE, OP_EXCEPTION, OP_REPLY, OP_SEND, OP_WAKE, front_of
+from .messages import (
+    HEADER,
+    OP_CLOSE,
+    OP_EXCEPTION,
+    OP_REPLY,
+    OP_SEND,
+    OP_WAKE,
+    REVOKE_ABILITY,
+    front_of,
+)
 from .proto.numbers import atou32, strtoll
 from .proto.packets import RES_MAGIC, PacketType, error_packet, response
 
@@ -284,6 +297,8 @@ class Scheduler:
             self._echo(conn, ptype, body, now)
         elif ptype in (SET_CLIENT_ID, OPTION_REQ):
             self._front_only(conn, ptype, body, now)
+        elif ptype == REVOKE_ABILITY:
+            self._revoke_ability(conn, ptype, body, now)
         elif 0 < ptype <= MAX_PACKET_TYPE:
             self._send(conn, _ERR_NOT_EXPECTED)
         else:
@@ -395,6 +410,7 @@ class Scheduler:
             w.timer_job = None
             if held is not None and held.worker is w:
                 self._requeue(held)
+                self._maybe_forget_worker(w)  # it may have sent CANT_DO meanwhile
 
     # ------------------------------------------------------------------ read access
 
@@ -664,9 +680,21 @@ class Scheduler:
         del w.funcs[f]
         del f.workers[conn]
         f.sleepers.pop(w, None)
+        self._maybe_forget_worker(w)
+
+    def _revoke_ability(self, conn: int, ptype: int, body: bytes, now: float) -> None:
+        """The front withdrew the worker's right to run function `body` (access rules reloaded):
+        CANT_DO, and unlike the worker's own CANT_DO the jobs of it that the worker holds go
+        back to their queue, so a result it sends later is refused (JOB_NOT_FOUND)."""
+        w = self._workers.get(conn)
+        f = self._functions.get(body)
+        if w is None or f is None:
+            return
         for job in [j for j in w.jobs if j.fn is f]:
             self._requeue(job)
-        self._maybe_forget_worker(w)
+        self._cant_do(conn, CANT_DO, body, now)
+        if self._workers.get(conn) is w:
+            self._maybe_forget_worker(w)
 
     def _reset_abilities(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         w = self._workers.get(conn)
@@ -676,8 +704,6 @@ class Scheduler:
             del f.workers[conn]
             f.sleepers.pop(w, None)
         w.funcs.clear()
-        for job in list(w.jobs):
-            self._requeue(job)
         self._maybe_forget_worker(w)
 
     def _maybe_forget_worker(self, w: Worker) -> None:

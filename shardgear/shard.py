@@ -74,6 +74,7 @@ GRAB_TYPES = frozenset({P.GRAB_JOB, P.GRAB_JOB_UNIQ, P.GRAB_JOB_ALL})
 RESULT_TYPES = frozenset({P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION})
 _JOB_CREATED = struct.pack("!I", P.JOB_CREATED)
 OP_REPLY = messages.OP_REPLY
+PAUSE_HIGH_WATER = 8 * 1024 * 1024  # bytes waiting for the output rings before input stops
 
 
 class Shard:
@@ -115,6 +116,7 @@ class Shard:
         self.scheduler = self._new_scheduler()
         self.running = True
         self.draining = False
+        self.paused = False  # see flush
         self.outbox: list[list[bytes]] = [[] for _ in range(self.fronts)]  # this loop turn's
         self.fronts_seen: set[int] = set()
 
@@ -264,7 +266,9 @@ class Shard:
                 deadline = sched.next_deadline()
                 if deadline is not None:
                     timeout = min(timeout, max(0.0, deadline - time.time()))
-            if not announce_sleep(in_rings):
+            if self.paused:
+                pass  # input waits; a front rings us once it has made room in our output rings
+            elif not announce_sleep(in_rings):
                 timeout = 0.0  # a front wrote meanwhile: drain it, do not block
             try:
                 if epoll.poll(timeout):
@@ -274,6 +278,8 @@ class Shard:
             awake(in_rings)
             now = time.time()
             for f, receiver in enumerate(receivers):
+                if self.paused:
+                    break  # our output to the fronts is backed up: take no new work
                 msgs = receiver.receive()
                 if msgs:
                     self.handle(f, msgs, now)
@@ -371,7 +377,8 @@ class Shard:
             elif op == messages.OP_ADMIN:
                 self.admin(conn, extra, m[16:])
             elif op == messages.OP_PING:
-                recovery.front_synced(sched, front, now)  # its workers' registrations have arrived
+                # its workers' registrations have arrived; the body lists its open connections
+                recovery.front_synced(sched, front, recovery.live_connections(m[16:]), now)
                 self.route()  # the PONG must follow every reply to what came before the PING
                 self.send(front, messages.pack(messages.OP_PONG, conn, extra=extra))
             elif op == messages.OP_RELAY:
@@ -401,9 +408,13 @@ class Shard:
 
     def flush(self) -> None:
         """Move this turn's messages into the rings (one publish per ring) and ring the doorbells
-        of the fronts that announced sleep (shm/doorbell.py)."""
+        of the fronts that announced sleep (shm/doorbell.py). Pause reading the input rings while
+        more than PAUSE_HIGH_WATER bytes wait for room in the output rings (a front draining
+        slowly, or dead until it restarts): what workers stream to slow clients then waits in the
+        fronts (paused too) and the workers' sockets, not in this process's memory."""
         outbox = self.outbox
         wrote = 0  # bit mask of the rings written
+        pending = 0
         for f, sender in enumerate(self.senders):
             box = outbox[f]
             if box:
@@ -411,11 +422,16 @@ class Shard:
                 sender.send_many(box)
             if sender.flush():
                 wrote |= 1 << f
+            pending += sender.pending
         if wrote:
             fence()
             for f, sender in enumerate(self.senders):
                 if wrote >> f & 1 and sender.ring.consumer_sleeping:
                     os.eventfd_write(self.front_bells[f], 1)
+        paused = pending > PAUSE_HIGH_WATER
+        if paused != self.paused:
+            self.paused = paused
+            log.debug("reading from fronts %s", "paused" if paused else "resumed")
 
     def admin(self, conn: int, gid: int, body: bytes) -> None:
         """Answer an admin request from a front (orjson in, orjson out)."""

@@ -232,6 +232,12 @@ class TLSStream:
     def setsockopt(self, level: int, option: int, value: int) -> None:
         self.sock.setsockopt(level, option, value)
 
+    def shutdown(self, how: int) -> None:
+        """Shut the TCP connection down (a FIN after the last reply, `Replies` LINGERING). No
+        close_notify is sent: the ssl module's non-blocking ``unwrap`` could not promise it, and
+        input after this point is only read to be dropped."""
+        self.sock.shutdown(how)
+
     def close(self) -> None:
         self.sock.close()
 

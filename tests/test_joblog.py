@@ -32,7 +32,7 @@ from shardgear.scheduler import Scheduler
 from tests.effects import take_effects
 from tests.test_scheduler_invariants import FRONT_OF, ops
 
-SUBMIT_JOB, SUBMIT_JOB_BG, GRAB_JOB, WORK_COMPLETE, CAN_DO = 7, 18, 9, 13, 1
+SUBMIT_JOB, SUBMIT_JOB_BG, GRAB_JOB, WORK_COMPLETE, CAN_DO, CANT_DO = 7, 18, 9, 13, 1, 2
 C1, C2 = 0x11, 0x12
 W1, W2 = 0x21, 0x22
 W_OTHER_FRONT = 1 << 56 | 0x21
@@ -386,15 +386,17 @@ def test_recovery_rebuilds_queues_clients_workers_and_counters(tmp_path: Path) -
     out = take_effects(s2)
     assert [(c, b[12:]) for _op, c, b in out] == [(C1, fg[0] + b"\0done")]
     check_invariants(s2)
-    # queue order survives; W1 did not register again (its connection closed while no shard
-    # ran): its HIGH job is requeued
+    # queue order survives; W1's connection closed while no shard ran (its front's PING does not
+    # list it): its HIGH job is requeued
     s2.handle_packet(W2, CAN_DO, b"f", 0.0)
-    recovery.front_synced(s2, 0, 0.0)
+    recovery.front_synced(s2, 0, {W2, C1, C2}, 0.0)
     got = [grab(s2, W2) for _ in range(6)]
     assert got == [hi, *fg[1:], *bg]
 
 
-def test_a_recovered_worker_that_does_not_register_again_loses_its_job(tmp_path: Path) -> None:
+def test_a_recovered_worker_whose_connection_closed_meanwhile_loses_its_job(
+    tmp_path: Path,
+) -> None:
     path, j, s = logged(tmp_path)
     for w in (W1, W2, W_OTHER_FRONT):
         s.handle_packet(w, CAN_DO, b"f", 0.0)
@@ -404,7 +406,7 @@ def test_a_recovered_worker_that_does_not_register_again_loses_its_job(tmp_path:
     s2 = crash(path)
     assert s2.running_count() == 3
     s2.handle_packet(W2, CAN_DO, b"f", 0.0)  # front 0 re-registers W2 only: W1 closed meanwhile
-    recovery.front_synced(s2, 0, 0.0)
+    recovery.front_synced(s2, 0, {W2, C1}, 0.0)
     check_invariants(s2)
     assert s2.running_count() == 2  # W1's job is queued again; front 1 has not synced yet
     jobs = {x.handle: x for x in s2.jobs()}
@@ -413,6 +415,46 @@ def test_a_recovered_worker_that_does_not_register_again_loses_its_job(tmp_path:
     s2.disconnect(W_OTHER_FRONT, 0.0)  # a DISCONNECT that was still in the ring
     check_invariants(s2)
     assert jobs[c].state == QUEUED
+
+
+def test_a_recovered_worker_that_sent_cant_do_keeps_its_job_and_completes_it(
+    tmp_path: Path,
+) -> None:
+    path, j, s = logged(tmp_path)
+    s.handle_packet(W1, CAN_DO, b"f", 0.0)
+    h = submit(s, C1, b"f", b"x")
+    assert grab(s, W1) == h
+    s.handle_packet(W1, CANT_DO, b"f", 0.0)  # stops new work; the held job stays W1's
+    flushed(j)
+    s2 = crash(path)
+    recovery.front_synced(s2, 0, {W1, C1}, 0.0)  # W1 is open but registered nothing again
+    check_invariants(s2)
+    assert s2.running_count() == 1
+    s2.handle_packet(W1, WORK_COMPLETE, h + b"\0done", 0.0)
+    assert [(c, b[12:]) for _op, c, b in take_effects(s2)] == [(C1, h + b"\0done")]
+    assert s2.job_count() == 0
+    check_invariants(s2)
+
+
+def test_a_recovered_client_that_closed_while_no_shard_ran_is_detached(tmp_path: Path) -> None:
+    path, j, s = logged(tmp_path)
+    s.handle_packet(W1, CAN_DO, b"f", 0.0)
+    queued = submit(s, C1, b"f", b"queued")
+    running = submit(s, C2, b"f", b"running")
+    assert grab(s, W1) == queued
+    flushed(j)
+    s2 = crash(path)
+    # C1 closed while no shard ran and its DISCONNECT died with the old shard: the PING lists W1
+    # and C2 only
+    s2.handle_packet(W1, CAN_DO, b"f", 0.0)
+    recovery.front_synced(s2, 0, {W1, C2}, 0.0)
+    check_invariants(s2)
+    jobs = {x.handle: x for x in s2.jobs()}
+    assert jobs[queued].clients == []  # still running for W1, its result goes to nobody
+    assert jobs[running].clients == [C2]
+    s2.handle_packet(W1, WORK_COMPLETE, queued + b"\0r", 0.0)
+    assert take_effects(s2) == []
+    assert s2.job_count() == 1
 
 
 def test_a_foreground_job_whose_client_left_is_not_recovered(tmp_path: Path) -> None:
@@ -521,8 +563,9 @@ def drive(tmp: Path, steps: list[tuple[Any, ...]], retries: int, compact_min: in
         for f, timeout in w.funcs.items():
             name = f.name + (b"\x000" if timeout else b"")
             s2.handle_packet(w.conn, 23 if timeout else 1, name, now)
-    recovery.front_synced(s2, 0, now)
-    recovery.front_synced(s2, 1, now)
+    live = set(s._workers) | set(s._clients)  # no connection closed while no shard ran
+    recovery.front_synced(s2, 0, live, now)
+    recovery.front_synced(s2, 1, live, now)
     check_invariants(s2)
     assert state(s2) == state(s)
 

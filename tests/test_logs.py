@@ -1,4 +1,4 @@
-"""Log formats, priorities and the rate limit (no processes)."""
+"""Log formats and priorities (no processes; the rate limit: tests/test_log_limit.py)."""
 
 from __future__ import annotations
 
@@ -41,16 +41,3 @@ def test_journal_stream_must_name_stderr(monkeypatch) -> None:
     monkeypatch.setenv("JOURNAL_STREAM", "junk")
     assert not logs.stderr_is_journal()
 
-
-def test_rate_limited_warnings_count_what_they_leave_out(caplog) -> None:
-    log = logging.getLogger("test.ratelimit")
-    limited = logs.RateLimitedLog(log, burst=3, interval=3600)
-    with caplog.at_level(logging.WARNING, "test.ratelimit"):
-        for i in range(10):
-            limited.warning("closing %d", i)
-    assert [r.getMessage() for r in caplog.records] == ["closing 0", "closing 1", "closing 2"]
-    assert limited.suppressed == 7
-    limited.window_end = 0.0  # the window is over
-    with caplog.at_level(logging.WARNING, "test.ratelimit"):
-        limited.warning("closing again")
-    assert "7 more such warnings were not logged" in caplog.records[-2].getMessage()

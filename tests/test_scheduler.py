@@ -9,7 +9,7 @@ import pytest
 
 from shardgear import routing, shard_admin
 from shardgear.invariants import check_invariants
-from shardgear.messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE
+from shardgear.messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE, REVOKE_ABILITY
 from shardgear.scheduler import Job, Scheduler
 from tests.effects import take_effects
 
@@ -390,12 +390,13 @@ def test_retry_limit_drops_the_job_with_work_fail() -> None:
     h = r.submit(C1, b"f", b"u", b"", SUBMIT_JOB)
     r.submit(C2, b"f", b"u")
     r.grab(W1)
-    r.send(W1, RESET_ABILITIES)  # retry 1: requeued
+    r.s.disconnect(W1, r.now)  # retry 1: requeued
+    r.drain()
     assert shard_admin.show_jobs(r.s) == [(h, 1, 0, 0)]
-    r.send(W1, CAN_DO, b"f")
-    r.grab(W1)
-    effects = r.send(W1, CANT_DO, b"f")  # retry 2 == job_retries: dropped
-    assert r.packets(effects) == [(C1, WORK_FAIL, h), (C2, WORK_FAIL, h)]
+    r.send(W2, CAN_DO, b"f")
+    r.grab(W2)
+    r.s.disconnect(W2, r.now)  # retry 2 == job_retries: dropped
+    assert r.packets(r.drain()) == [(C1, WORK_FAIL, h), (C2, WORK_FAIL, h)]
     assert r.s.job_count() == 0
     assert any(m.startswith("Dropped job due to max retry count") for m in logs)
 
@@ -421,29 +422,81 @@ def test_work_fail_and_exception_are_not_retried(rig: Rig) -> None:
 # ---------------------------------------------------------------- abilities
 
 
-def test_cant_do_requeues_only_the_jobs_of_that_function(rig: Rig) -> None:
+def test_cant_do_stops_new_assignments_but_the_held_job_completes(rig: Rig) -> None:
     rig.send(W1, CAN_DO, b"a")
     rig.send(W1, CAN_DO, b"b")
     ha = rig.submit(C1, b"a")
     hb = rig.submit(C1, b"b")
-    rig.grab(W1)
-    rig.grab(W1)
+    rig.submit(C2, b"a", b"", b"next")
+    assert rig.grab_handle(W1) == ha
     rig.send(W1, CANT_DO, b"a")
+    assert shard_admin.status(rig.s) == [(b"a", 2, 1, 0), (b"b", 1, 0, 1)]  # still held
+    assert rig.grab_handle(W1) == hb  # no more "a" for W1
+    assert rig.grab_handle(W1) is None
+    effects = rig.send(W1, WORK_COMPLETE, ha, b"done")
+    assert rig.packets(effects) == [(C1, WORK_COMPLETE, ha + b"\0done")]  # reaches its client
     assert shard_admin.status(rig.s) == [(b"a", 1, 0, 0), (b"b", 1, 1, 1)]
-    assert dict((h, r) for h, r, _, _ in shard_admin.show_jobs(rig.s)) == {ha: 1, hb: 0}
-    assert rig.send(W1, WORK_COMPLETE, ha, b"") != []  # no longer its job: JOB_NOT_FOUND
 
 
-def test_reset_abilities_requeues_everything_and_unregisters(rig: Rig) -> None:
+def test_cant_do_then_disconnect_requeues_the_held_job(rig: Rig) -> None:
+    rig.send(W1, CAN_DO, b"a")
+    h = rig.submit(C1, b"a")
+    assert rig.grab_handle(W1) == h
+    rig.send(W1, CANT_DO, b"a")
+    assert rig.s.running_count() == 1
+    rig.s.disconnect(W1, rig.now)
+    rig.drain()
+    assert shard_admin.show_jobs(rig.s) == [(h, 1, 0, 0)]  # queued again, retried once
+    rig.send(W2, CAN_DO, b"a")
+    assert rig.grab_handle(W2) == h
+
+
+def test_a_revoked_ability_takes_back_the_held_job(rig: Rig) -> None:
+    """The front's REVOKE_ABILITY (access rules reloaded): CANT_DO, and the held job is requeued,
+    so the worker's late result is refused; its other function is untouched."""
     rig.send(W1, CAN_DO, b"a")
     rig.send(W1, CAN_DO, b"b")
-    rig.submit(C1, b"a")
-    rig.submit(C1, b"b")
+    h = rig.submit(C1, b"a")
+    assert rig.grab_handle(W1) == h
+    rig.send(W1, REVOKE_ABILITY, b"a")
+    assert shard_admin.show_jobs(rig.s) == [(h, 1, 0, 0)]  # queued again, retried once
+    assert error_of(rig, rig.send(W1, WORK_COMPLETE, h, b"late"))[0] == b"JOB_NOT_FOUND"
+    hb = rig.submit(C1, b"b")
+    assert rig.grab_handle(W1) == hb  # still registered for "b"
+    rig.send(W2, CAN_DO, b"a")
+    assert rig.grab_handle(W2) == h
+
+
+def test_cant_do_keeps_the_can_do_timeout_of_the_held_job(rig: Rig) -> None:
+    rig.send(W1, CAN_DO_TIMEOUT, b"a", b"2000")
+    h = rig.submit(C1, b"a")
+    assert rig.grab_handle(W1) == h
+    rig.send(W1, CANT_DO, b"a")
+    deadline = rig.s.next_deadline()
+    assert deadline == rig.now + 2.0
+    rig.s.tick(deadline)
+    rig.drain()
+    assert shard_admin.show_jobs(rig.s) == [(h, 1, 0, 0)]  # the timeout requeued it
+    assert rig.send(W1, WORK_COMPLETE, h, b"late") != []  # no longer W1's: JOB_NOT_FOUND
+
+
+def test_reset_abilities_unregisters_everything_but_held_jobs_complete(rig: Rig) -> None:
+    rig.send(W1, CAN_DO, b"a")
+    rig.send(W1, CAN_DO, b"b")
+    ha = rig.submit(C1, b"a")
+    hb = rig.submit(C1, b"b")
+    rig.submit(C1, b"a", b"", b"queued")
     rig.grab(W1)
     rig.grab(W1)
     rig.send(W1, RESET_ABILITIES)
-    assert shard_admin.status(rig.s) == [(b"a", 1, 0, 0), (b"b", 1, 0, 0)]
+    assert shard_admin.status(rig.s) == [(b"a", 2, 1, 0), (b"b", 1, 1, 0)]
     assert rig.grab(W1) is None
+    for h in (ha, hb):
+        assert rig.packets(rig.send(W1, WORK_COMPLETE, h, b"ok")) == [
+            (C1, WORK_COMPLETE, h + b"\0ok")
+        ]
+    assert rig.s.running_count() == 0
+    assert W1 not in rig.s._workers  # nothing registered, nothing held: forgotten
 
 
 def test_can_do_twice_is_one_registration_with_the_new_timeout(rig: Rig) -> None:
@@ -880,17 +933,18 @@ def test_drop_function(rig: Rig) -> None:
 
 def test_drop_function_is_refused_while_jobs_run(rig: Rig) -> None:
     rig.send(W1, CAN_DO, b"f")
-    rig.submit(C1, b"f")
+    h = rig.submit(C1, b"f")
     rig.grab(W1)
     rig.send(W1, CANT_DO, b"f")
+    # CANT_DO stops new assignments only (issue 7): W1 still runs its job, and a job is never
+    # destroyed (drop function refuses while the function has one)
     rig.send(W2, CAN_DO, b"f")
-    rig.grab(W2)
-    rig.send(W2, CANT_DO, b"f")
-    rig.send(W3, CAN_DO, b"f")
-    rig.grab(W3)
-    rig.send(W3, RESET_ABILITIES)
-    assert shard_admin.drop_function(rig.s, b"f") == "busy"  # its job is left: never destroyed
+    rig.send(W2, RESET_ABILITIES)
+    assert shard_admin.drop_function(rig.s, b"f") == "busy"
     assert rig.s.job_count() == 1
+    rig.send(W1, WORK_COMPLETE, h, b"")
+    assert rig.s.job_count() == 0
+    assert shard_admin.drop_function(rig.s, b"f") == "ok"
 
 
 # ---------------------------------------------------------------- board

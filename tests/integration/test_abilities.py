@@ -73,24 +73,77 @@ def test_duplicate_can_do_counts_one_worker(server, connect, func_name):
     wait_for(lambda: status_of(server.address, func_name) == [0, 0, 0], what="0 registrations")
 
 
-@pytest.mark.parametrize("how", ["cant_do", "reset_abilities", "disconnect"])
-def test_job_held_by_a_worker_that_goes_away_goes_to_another(connect, func_name, how):
+def test_job_held_by_a_worker_that_disconnects_goes_to_another(connect, func_name):
     client, first, second = connect(), connect(), connect()
     h = submit(client, func_name, b"payload")
     worker(first, func_name)
     assert grab_job(first) == [h, func_name, b"payload"]
-    if how == "cant_do":
-        first.send(CANT_DO, func_name)
-    elif how == "reset_abilities":
-        first.send(RESET_ABILITIES)
-    else:
-        first.close()
+    first.close()
     worker(second, func_name)
     ptype, args = grab_until_job(second)
     assert (ptype, args) == (JOB_ASSIGN, [h, func_name, b"payload"])
     client.recv_nothing(0.2)  # the client is not told about the requeue
     second.send(WORK_COMPLETE, h, b"done by second")
     assert client.expect(WORK_COMPLETE) == [h, b"done by second"]
+
+
+@pytest.mark.shardgear_only  # gearmand requeues at once and refuses the result (JOB_NOT_FOUND)
+@pytest.mark.parametrize("how", ["cant_do", "reset_abilities"])
+def test_cant_do_while_holding_a_job_stops_new_work_only(connect, make_name, how):
+    """A worker about to exit gracefully says CANT_DO (or RESET_ABILITIES), then finishes the job
+    it holds: the result reaches the client and the job does not run again."""
+    func = make_name()
+    client, first, second = connect(), connect(), connect()
+    h = submit(client, func, b"payload")
+    h2 = submit(client, func, b"next")
+    worker(first, func)
+    assert grab_job(first) == [h, func, b"payload"]
+    if how == "cant_do":
+        first.send(CANT_DO, func)
+    else:
+        first.send(RESET_ABILITIES)
+    assert grab(first) == (NO_JOB, [])  # no new work for it
+    worker(second, func)
+    assert grab_job(second) == [h2, func, b"next"]  # only the queued job; h stays first's
+    assert grab(second) == (NO_JOB, [])
+    first.send(WORK_COMPLETE, h, b"done by first")
+    assert client.expect(WORK_COMPLETE) == [h, b"done by first"]
+    second.send(WORK_COMPLETE, h2, b"done by second")
+    assert client.expect(WORK_COMPLETE) == [h2, b"done by second"]
+    first.recv_nothing(0.2)  # no JOB_NOT_FOUND
+    wait_for(lambda: status_of(client.address, func) == [0, 0, 1], what="one worker, no job")
+
+
+@pytest.mark.shardgear_only
+def test_cant_do_then_disconnect_requeues_the_held_job(connect, make_name):
+    func = make_name()
+    client, first, second = connect(), connect(), connect()
+    h = submit(client, func, b"payload")
+    worker(first, func)
+    assert grab_job(first)[0] == h
+    first.send(CANT_DO, func)
+    worker(second, func)
+    assert grab(second) == (NO_JOB, [])
+    first.close()
+    assert grab_until_job(second)[1] == [h, func, b"payload"]
+    second.send(WORK_COMPLETE, h, b"r")
+    assert client.expect(WORK_COMPLETE) == [h, b"r"]
+
+
+@pytest.mark.shardgear_only
+def test_cant_do_then_can_do_timeout_expiry_requeues_the_held_job(connect, make_name):
+    func = make_name()
+    client, slow, fast = connect(), connect(), connect()
+    slow.send(CAN_DO_TIMEOUT, func, b"1000")
+    h = submit(client, func, b"x")
+    assert grab_job(slow)[0] == h
+    slow.send(CANT_DO, func)
+    worker(fast, func)
+    assert grab_until_job(fast, timeout=10, pause=0.1)[1][0] == h
+    slow.send(WORK_COMPLETE, h, b"too late")
+    assert slow.expect(ERROR) == [b"JOB_NOT_FOUND", b"Job given in work result not found"]
+    fast.send(WORK_COMPLETE, h, b"in time")
+    assert client.expect(WORK_COMPLETE) == [h, b"in time"]
 
 
 def test_requeued_job_goes_to_the_tail_of_its_priority(connect, func_name):

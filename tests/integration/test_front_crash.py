@@ -137,10 +137,6 @@ class FrontLoad:
                 c.close()
 
 
-# Known intermittent: about one full-suite run in five (two test workers on two cores) this fails
-# and its failure could not be reproduced alone, even under a CPU hog; rerun rather than let it
-# block CI, and find the cause (see the session note on issue 4).
-@pytest.mark.flaky(reruns=2)
 def test_kill_9_of_fronts_under_load_loses_no_acknowledged_job(start_server, make_name):
     srv = start_server("--fronts", "2", "--shards", "2")
     func = make_name()

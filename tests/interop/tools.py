@@ -173,6 +173,16 @@ def php_worker(procs: Procs, address: str, func: str, mode: str = "rev", count: 
     return p
 
 
+def php_big_worker(procs: Procs, address: str, func: str) -> subprocess.Popen[bytes]:
+    """A php-gearman worker that serves FUNC (reverses) and FUNC-bg (returns nothing) until
+    stopped: big_client.php's counterpart."""
+    host, port = host_port(address)
+    p = procs.spawn(["php", str(PHP_DIR / "big_worker.php"), host, port, func])
+    assert p.stdout is not None
+    assert p.stdout.readline() == b"ready\n"  # the extension loaded and the worker registered
+    return p
+
+
 # -- PyPI gear ---------------------------------------------------------------------------------
 
 
@@ -247,3 +257,4 @@ class GearWorker(threading.Thread):
         self.worker.shutdown()
         if self.error is not None:
             raise self.error
+

@@ -86,7 +86,7 @@ def test_a_flood_of_protocol_errors_is_logged_as_warnings_at_a_bounded_rate(star
     time.sleep(0.5)
     log = srv.stderr_text()
     warnings = [line for line in log.splitlines() if "WARNING closing connection from" in line]
-    assert 1 < len(warnings) <= 20  # logs.RateLimitedLog: 20 per 10 s
+    assert 1 < len(warnings) <= 20  # log_limit.LogLimiter: 5 per kind and 10 s
     assert "packet of 4096 bytes" in log or "4096" in warnings[0]
 
 

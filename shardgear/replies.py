@@ -1,0 +1,199 @@
+"""What a front owes each connection, in what order, and when a connection may close (sans-IO).
+
+Replies in request order
+------------------------
+A connection keeps a FIFO of `Pending` reply slots (`shardgear.connection`), one per request that
+expects a reply: a shard's reply fills its slot by (shard, sequence number) (`fill`), a gather
+fills its own (`shardgear.gather`), and bytes leave only from the head of the FIFO (`release`),
+so replies go out in request order whichever shard answers first. Anything else for the
+connection (WORK_* relays, NOOP, local answers) queues behind the slots already there (`reply`).
+Bytes that may go out are appended to ``Conn.out`` (`emit`); the shell's ``write`` sends them.
+``Front.drain_shards`` inlines `fill` + `release` for the usual case (the reply fills the head).
+
+Closing
+-------
+A connection is closed at once when the peer resets it or cannot be written to: nothing can
+reach it any more. Otherwise it never loses a reply it is owed:
+
+* **EOF** (the peer's FIN: ``echo status | nc -N``, or ``shutdown(SHUT_WR)`` after a request):
+  DRAINING. Nothing more is read; once every owed slot is filled and sent, the connection closes.
+* **A protocol error** (bad framing, an oversized packet, a malformed field gearmand closes for):
+  REFUSING. Requests before the bad bytes are handled as gearmand handles them; input after them
+  is read and dropped; the owed replies (and an ERROR packet where there is one) go out, then the
+  front sends FIN and is LINGERING: it drops input until the peer closes or ``LINGER_TIMEOUT``
+  passes (closing a socket with unread input would send RST, which can destroy the ERROR on its
+  way; Apache's "lingering close").
+
+A closing connection that cannot take its replies within ``DRAIN_TIMEOUT`` is closed anyway.
+Nothing here touches a socket: `Replies.settle` decides, the shell's ``close`` and ``shut_write``
+act (and tests drive this class with no sockets at all).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from shardgear.connection import (
+    DRAINING,
+    E_DATA,
+    E_SEQ,
+    E_SHARD,
+    LINGERING,
+    OPEN,
+    REFUSING,
+    Conn,
+)
+from shardgear.log_limit import LogLimiter
+
+log = logging.getLogger("shardgear.front")
+
+DRAIN_TIMEOUT: Final = 10.0
+"""Seconds a DRAINING or REFUSING connection has to read what it is owed before it is closed."""
+LINGER_TIMEOUT: Final = 2.0
+"""Seconds a LINGERING connection's input is dropped, waiting for the peer to close, after FIN."""
+
+
+class Replies:
+    """A front's per-connection reply bookkeeping and closing rules; `shardgear.front.Front` is
+    one (a base class, so that the hot paths pay no extra call). A subclass provides the I/O:
+    `close` (forget the connection, close its socket) and `shut_write` (send FIN, read again),
+    and may count closes for cause (`count_close`, for metrics).
+
+    Attributes:
+        writers: connections with bytes in ``out`` to write at the end of the loop turn.
+        output_limit: bytes a connection may leave unread before it is closed as too slow.
+        shard_epochs: the HELLOs seen from each shard, kept in each reply slot sent there.
+        closing: the connections that are DRAINING, REFUSING or LINGERING.
+        warn: rate-limited WARNINGs about slow readers and protocol errors (a budget each).
+    """
+
+    def __init__(self, output_limit: int, shards: int) -> None:
+        self.writers: set[Conn] = set()
+        self.output_limit = output_limit
+        self.shard_epochs = [0] * shards
+        self.closing: dict[Conn, None] = {}
+        self.warn = LogLimiter(log)
+
+    # -------------------------------------------------------------- the shell's part
+
+    def close(self, conn: Conn) -> None:
+        """Forget `conn` and close its socket (idempotent)."""
+        raise NotImplementedError
+
+    def shut_write(self, conn: Conn) -> None:
+        """Send FIN on `conn` and watch it for input again (to drop it)."""
+        raise NotImplementedError
+
+    def count_close(self) -> None:
+        """A connection is refused, or closed as too slow (a subclass counts it for metrics)."""
+
+    # -------------------------------------------------------------- replies
+
+    def emit(self, conn: Conn, data: bytes) -> None:
+        """Queue bytes for the socket now (no reply ordering involved)."""
+        conn.out.append(data)
+        conn.out_bytes += len(data)
+        if conn.out_bytes > self.output_limit:
+            self.overflowed(conn)
+        elif not conn.want_write:
+            self.writers.add(conn)
+
+    def overflowed(self, conn: Conn) -> None:
+        """`conn` left more than ``output_limit`` bytes unread: close it."""
+        self.count_close()
+        self.warn.warning(
+            "slow reader",
+            "closing connection from %s: %d bytes of output unread (over --max-output-buffer)",
+            conn.ip,
+            conn.out_bytes,
+        )
+        self.close(conn)
+
+    def reply(self, conn: Conn, data: bytes) -> None:
+        """Queue bytes behind any reply the connection is still owed (dropped once closed)."""
+        if conn.pending:
+            conn.pending.append([-1, -1, 0, 0, data])
+        elif not conn.closed:
+            self.emit(conn, data)
+
+    def expect(self, conn: Conn, shard: int, ptype: int) -> int:
+        """Reserve the connection's next reply slot for `shard`; return the request's seq."""
+        conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
+        conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None])
+        return seq
+
+    def release(self, conn: Conn) -> None:
+        """Move filled replies at the head of the FIFO to the socket (none once closed)."""
+        pending = conn.pending
+        while pending and pending[0][E_DATA] is not None and not conn.closed:
+            self.emit(conn, pending.popleft()[E_DATA])
+
+    def fill(self, conn: Conn, shard: int, seq: int, data: bytes) -> None:
+        """Shard `shard` answered request `seq`: fill its slot and release what is ready. A reply
+        with no slot (a request already answered on a shard restart) is dropped."""
+        for entry in conn.pending:
+            if entry[E_SEQ] == seq and entry[E_SHARD] == shard:
+                entry[E_DATA] = data
+                break
+        else:
+            return
+        self.release(conn)
+
+    # -------------------------------------------------------------- closing
+
+    def end_of_input(self, conn: Conn, now: float) -> None:
+        """The peer sent FIN (recv returned nothing): close now if nothing is owed, else drain.
+        Called again on a connection whose input already ended, it means the peer is gone."""
+        if (conn.closing == OPEN or conn.closing == REFUSING) and (conn.pending or conn.out):
+            conn.rmask = 0
+            self._closing(conn, DRAINING, now)
+        else:
+            self.close(conn)
+
+    def refuse(self, conn: Conn, why: str, error: bytes | None, now: float) -> None:
+        """A protocol error on `conn`: log it (rate-limited), queue `error` (an ERROR packet, or
+        None) behind the owed replies, and close once they are out (see "Closing")."""
+        if conn.closed or conn.closing != OPEN:
+            return
+        self.count_close()
+        self.warn.warning("protocol error", "closing connection from %s: %s", conn.ip, why)
+        if error is not None:
+            self.reply(conn, error)
+        self._closing(conn, REFUSING, now)
+
+    def _closing(self, conn: Conn, state: int, now: float) -> None:
+        conn.closing = state
+        conn.close_by = now + DRAIN_TIMEOUT
+        self.closing[conn] = None
+
+    def settle(self, now: float) -> None:
+        """Close, or send FIN on, the closing connections that have had every reply they are
+        owed, and those out of time. Call once a loop turn (after the writes) while
+        ``closing`` is not empty."""
+        for conn in list(self.closing):
+            if conn.closed:
+                del self.closing[conn]
+                continue
+            state = conn.closing
+            if state == LINGERING:
+                if now >= conn.close_by:
+                    self.close(conn)
+            elif not conn.pending and not conn.out:
+                if state == DRAINING:
+                    self.close(conn)
+                else:
+                    conn.closing = LINGERING
+                    conn.close_by = now + LINGER_TIMEOUT
+                    self.shut_write(conn)
+            elif now >= conn.close_by:
+                self.count_close()
+                self.warn.warning(
+                    "slow reader",
+                    "closing connection from %s: %d replies and %d bytes unsent after %g s",
+                    conn.ip,
+                    len(conn.pending),
+                    conn.out_bytes,
+                    DRAIN_TIMEOUT,
+                )
+                self.close(conn)
