@@ -49,6 +49,9 @@ def bad_magic(address: str) -> None:
 
 def test_journal_format_has_priorities_and_no_timestamps(start_server):
     srv = start_server("--log-format", "journal")
+    # fronts serve as soon as they listen; the supervisor logs "ready" once it has seen them all,
+    # which on a busy machine can come after a short test would have stopped the server
+    wait_for_log(srv, " ready on ")
     bad_magic(srv.address)
     wait_for_log(srv, "bad packet magic")
     lines = stopped_log(srv).splitlines()
@@ -63,6 +66,7 @@ def test_journal_format_has_priorities_and_no_timestamps(start_server):
 def test_lifecycle_lines_show_at_the_default_level():
     srv = DefaultLevelServer().start()
     try:
+        wait_for_log(srv, " ready on ")  # see test_journal_format_has_priorities_and_no_timestamps
         shard = next(pid for pid, role in child_roles(srv.pid).items() if role == "shard1")
         os.kill(shard, signal.SIGKILL)
         wait_for_log(srv, "restarted shard 1")

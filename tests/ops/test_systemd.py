@@ -6,6 +6,7 @@ LISTEN_FDS."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sys
@@ -45,7 +46,9 @@ def test_ready_once_when_every_front_listens_and_status_and_stopping_once(
     srv = start_server(env=notify.env)
     ((_t, ready),) = notify.wait_for("READY", "1")
     assert ready["MAINPID"] == str(srv.pid)
-    assert ready["STATUS"] == "0 connections, 0 jobs queued, 0 running"
+    # The fixture's readiness probe (a `version` round trip) may still count: its front can see
+    # it close after READY went out.
+    assert re.fullmatch(r"[01] connections, 0 jobs queued, 0 running", ready["STATUS"]), ready
     conns = [Conn(srv.address) for _ in range(3)]
     try:
         # STATUS= is refreshed every few seconds with the live numbers
