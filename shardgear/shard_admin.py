@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardgear.jobs import FUTURE, QUEUED, RUNNING
+from shardgear.jobs import FUTURE, OUTCOME_NAMES, QUEUED, RUNNING
 from shardgear.messages import json_bytes, json_text
 from shardgear.scheduler import Scheduler
 
@@ -69,6 +69,27 @@ def priority_status(sched: Scheduler) -> list[tuple[bytes, int, int, int, int]]:
 def show_jobs(sched: Scheduler) -> list[tuple[bytes, int, int, int]]:
     """``show jobs`` rows: (handle, retries, ignored 0/1, persisted 0/1) of every job."""
     return [(j.handle, j.retries, int(j.ignored), int(j.stored)) for j in sched.jobs()]
+
+
+def show_retries(
+    sched: Scheduler,
+) -> list[tuple[bytes, bytes, bytes, int, str, float, float, str, bytes]]:
+    """``show retries`` rows, one per job with a failed attempt under a retry policy: (handle,
+    function, unique, failed attempts, "waiting"/"queued"/"running", next attempt (epoch
+    seconds, 0 unless waiting), last failure (epoch seconds), its reason, its error data)."""
+    rows = []
+    for j in sched.jobs():
+        st = j.retry
+        if st is None or not st.failures:
+            continue
+        waiting = j.state == FUTURE
+        state = "waiting" if waiting else "running" if j.state == RUNNING else "queued"
+        reason = OUTCOME_NAMES.get(st.reason, "")
+        rows.append(
+            (j.handle, j.func, j.unique, st.failures, state, st.next_at if waiting else 0.0,
+             st.last_failed, reason, st.error)
+        )  # fmt: skip
+    return rows
 
 
 def show_unique_jobs(sched: Scheduler) -> list[bytes]:
