@@ -163,7 +163,8 @@ class Crontab:
         self._error = ""
         self._schedules: dict[tuple[bytes, bytes], Schedule] = {}
         self._next: float | None = None
-        self._ran: dict[tuple[bytes, bytes], float] = {}  # last runs to write after the store
+        self._ran: dict[tuple[bytes, bytes], float] = {}  # last runs to write after the log
+        self._run_handles: dict[bytes, tuple[bytes, bytes]] = {}  # this turn's runs' jobs
 
     # ------------------------------------------------------------------ the database
 
@@ -295,15 +296,28 @@ class Crontab:
                 continue
             s.last_run = last_match(s.expr, now)
             s.next_run = next_match(s.expr, max(s.last_run, now))
-            if sched.submit_background(s.func, s.unique, s.data, NORMAL, now) is None:
+            handle = sched.submit_background(s.func, s.unique, s.data, NORMAL, now)
+            if handle is None:
                 self._say(f"schedule {s.func!r}/{s.unique!r}: run at {now:.0f} refused")
+            else:
+                self._run_handles[handle] = key
             runs += 1
             self._ran[key] = s.last_run
         self._recompute()
         return runs
 
+    def refused(self, handles: set[bytes]) -> None:
+        """The job log could not keep these jobs (the shard cancels them): a run among them is
+        not recorded, so that the next start runs its minute again."""
+        for handle in handles:
+            key = self._run_handles.get(handle)
+            if key is not None:
+                self._ran.pop(key, None)
+                self._say(f"schedule {key[0]!r}/{key[1]!r}: its run was refused by the job log")
+
     def commit(self) -> None:
-        """Record the runs of this turn. Call after the job store's commit."""
+        """Record the runs of this turn. Call after the job log's commit."""
+        self._run_handles.clear()
         if not self._ran:
             return
         conn = self._db()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import select
 import signal
 import struct
@@ -33,12 +34,16 @@ import time
 
 import orjson
 
-from shardgear import messages, recovery, shard_admin
+from shardgear import deadset, messages, recovery, routing, shard_admin
 from shardgear.config import Config
+from shardgear.cron import Crontab
+from shardgear.cron import db_path as cron_db_path
+from shardgear.deadset import DeadSet
 from shardgear.instance import Instance
 from shardgear.joblog import JobLog, read_log
 from shardgear.messages import HEADER
 from shardgear.proto.packets import NO_JOB_PACKET, PacketType
+from shardgear.retries import RetryPolicy
 from shardgear.scheduler import ERR_STORE, Scheduler
 from shardgear.shm import layout
 from shardgear.shm.channel import Receiver, Sender
@@ -64,8 +69,10 @@ REPLY_TYPES = frozenset(
         P.GRAB_JOB_UNIQ,
         P.GRAB_JOB_ALL,
         P.GET_STATUS,
+        P.SUBMIT_JOB_SCHED,
     }
 )
+SUBMIT_JOB_SCHED = int(P.SUBMIT_JOB_SCHED)
 GRAB_TYPES = frozenset({P.GRAB_JOB, P.GRAB_JOB_UNIQ, P.GRAB_JOB_ALL})
 RESULT_TYPES = frozenset({P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION})
 _JOB_CREATED = struct.pack("!I", P.JOB_CREATED)
@@ -101,6 +108,20 @@ class Shard:
             sync=config.store_sync == "full",
             log=log.error,
         )
+        owns = self._owns
+        self.dead = DeadSet(
+            deadset.db_path(config.state_dir, config.port),
+            owns,
+            self._retry_policy,
+            synchronous=config.store_sync,
+            log=log.error,
+        )
+        self.cron = Crontab(
+            cron_db_path(config.state_dir, config.port),
+            owns,
+            synchronous=config.store_sync,
+            log=log.error,
+        )
         self.scheduler = self._new_scheduler()
         self.running = True
         self.draining = False
@@ -119,7 +140,17 @@ class Shard:
             board=self.board,
             durable=self.config.store != "none",
             log=log.warning,
+            dead_letters=self.dead,
+            rng=random.Random(),
         )
+
+    def _owns(self, func: bytes) -> bool:
+        return routing.shard_for(func, self.config.shards) == self.index
+
+    def _retry_policy(self, func: bytes) -> RetryPolicy | None:
+        """A function's retry policy (for the dead set's bounds)."""
+        f = self.scheduler.function(func)
+        return None if f is None else f.retry
 
     def _attach(self, name: str) -> Segment:
         seg = Segment.attach(name)
@@ -166,6 +197,8 @@ class Shard:
             self.scheduler, self.joblog, run_id, self.index, self.config.shards
         ):
             log.error("job log %s cannot be written: background jobs are refused", path)
+        if self.cron.load(time.time()):
+            log.info("%d schedules loaded", len(self.cron.schedules()))
 
     def commit(self) -> None:
         """Write this turn's records to the job log before any reply for them leaves.
@@ -178,6 +211,8 @@ class Shard:
             return
         sched = self.scheduler
         lost_set = set(lost)
+        self.dead.keep_replays_of(lost_set)
+        self.cron.refused(lost_set)
         for handle in lost:
             shard_admin.cancel_job(sched, handle)
         out = sched.out
@@ -204,6 +239,7 @@ class Shard:
         receivers = self.receivers
         in_rings = [r.ring for r in receivers]
         bell = self.my_bell
+        dead, cron = self.dead, self.cron
         tick = 0
         while self.running:
             timeout = 1.0
@@ -213,6 +249,9 @@ class Shard:
                 deadline = sched.next_deadline()
                 if deadline is not None:
                     timeout = min(timeout, max(0.0, deadline - time.time()))
+                due = cron.next_deadline()
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due - time.time()))
             if not announce_sleep(in_rings):
                 timeout = 0.0  # a front wrote meanwhile: drain it, do not block
             try:
@@ -233,7 +272,11 @@ class Shard:
             deadline = sched.next_deadline()
             if deadline is not None and deadline <= now:
                 sched.tick(now)
+            if not self.draining:
+                cron.run_due(sched, now)
+            dead.commit(now)  # a dead job's row is durable before its DONE record
             self.commit()  # before any reply (JOB_CREATED) can reach a front
+            cron.commit()  # a run's job is durable before its minute is marked done
             if sched.out:
                 self.route()
             if control is not None:
@@ -251,6 +294,8 @@ class Shard:
             if control is not None:
                 control[layout.CTRL_HEARTBEAT] = tick
         joblog.close()
+        dead.close()
+        cron.close()
         for seg in self.segments:
             seg.close()
 
@@ -282,6 +327,10 @@ class Shard:
                     start = len(out)
                     sched.handle_packet(conn, arg, m[16:], now)
                     out[start:] = [e for e in out[start:] if e[1] != conn]
+                elif arg == SUBMIT_JOB_SCHED:
+                    self.reply_seqs[len(sched.out)] = extra
+                    packet = self.cron.submit(m[16:], now, sched._new_handle)
+                    sched.out.append((OP_SEND, conn, packet))
                 elif arg in REPLY_TYPES:
                     out = sched.out
                     start = len(out)
@@ -367,7 +416,13 @@ class Shard:
     def admin(self, conn: int, gid: int, body: bytes) -> None:
         """Answer an admin request from a front (orjson in, orjson out)."""
         request = orjson.loads(body)
-        result = shard_admin.answer(self.scheduler, request, log.error)
+        cmd = str(request.get("cmd", ""))
+        if cmd.startswith("dead_"):
+            result = deadset.answer(self.dead, self.scheduler, request, time.time())
+        elif cmd.startswith("cron_"):
+            result = self.cron.answer(request)
+        else:
+            result = shard_admin.answer(self.scheduler, request, log.error)
         self.send(
             messages.front_of(conn),
             messages.pack(messages.OP_ADMIN_REPLY, conn, orjson.dumps(result), extra=gid),

@@ -26,8 +26,15 @@ def answer(sched: Scheduler, request: dict[str, Any], log: Any = None) -> Any:
         return [(json_text(f), *rest) for f, *rest in status(sched)]
     if cmd == "priority_status":
         return [(json_text(f), *rest) for f, *rest in priority_status(sched)]
+    if cmd == "show_functions":
+        return [(json_text(f), *rest) for f, *rest in show_functions(sched)]
     if cmd == "show_jobs":
         return [(json_text(h), *rest) for h, *rest in show_jobs(sched)]
+    if cmd == "show_retries":
+        return [
+            (json_text(h), json_text(f), json_text(u), n, st, nxt, last, why, json_text(err))
+            for h, f, u, n, st, nxt, last, why, err in show_retries(sched)
+        ]
     if cmd == "show_unique_jobs":
         return [json_text(u) for u in show_unique_jobs(sched)]
     if cmd == "status_unique":
@@ -64,6 +71,17 @@ def priority_status(sched: Scheduler) -> list[tuple[bytes, int, int, int, int]]:
         r, u = f.ready, f.future
         rows.append((f.name, r[0] + u[0], r[1] + u[1], r[2] + u[2], len(f.workers)))
     return rows
+
+
+def show_functions(sched: Scheduler) -> list[tuple[bytes, int, int, int, int, int, int, int]]:
+    """``show functions`` rows: (function, runnable HIGH, NORMAL, LOW, waiting (epoch jobs and
+    jobs waiting for their next attempt), running, registered workers, jobs done since this
+    shard started (their worker sent WORK_COMPLETE, WORK_FAIL or WORK_EXCEPTION))."""
+    return [
+        (f.name, f.ready[0], f.ready[1], f.ready[2], sum(f.future), f.running, len(f.workers),
+         f.done)
+        for f in sched.functions()
+    ]  # fmt: skip
 
 
 def show_jobs(sched: Scheduler) -> list[tuple[bytes, int, int, int]]:
