@@ -64,6 +64,14 @@ class _VersionAction(argparse.Action):
         parser.exit(0)
 
 
+def _address_ok(address: str) -> bool:
+    """``ADDR:PORT`` or ``[IPV6]:PORT`` with a port from 1 to 65535."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+        return False
+    return host.startswith("[") == host.endswith("]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser (also used to document the flags)."""
     cpus = cpu_count()
@@ -177,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
         "power loss, at an fdatasync per loop turn that stores jobs (default: normal)",
     )
     p.add_argument(
+        "--http",
+        default="",
+        metavar="ADDR:PORT",
+        help="serve gearmand's HTTP protocol, a JSON API and a dashboard there (default: off; "
+        "[::]:PORT or *:PORT for every interface)",
+    )
+    p.add_argument(
+        "--http-threads",
+        type=_positive,
+        default=64,
+        metavar="N",
+        help="HTTP requests served at once; each foreground submission holds one until its job "
+        "ends (default: 64)",
+    )
+    p.add_argument(
         "--graceful-timeout",
         type=float,
         default=30.0,
@@ -212,6 +235,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
         parser.error("argument --ring-size: at least 64K")
     if a.journal_size is not None:
         print("shardgear: --journal-size is ignored: the job log grows as needed", file=sys.stderr)
+    if a.http and not _address_ok(a.http):
+        parser.error(f"argument --http: expected ADDR:PORT, got {a.http!r}")
     kwargs = dict(
         listen=a.listen,
         port=a.port,
@@ -228,6 +253,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
         log_level=a.log_level,
         store="none" if a.store == "none" else "log",
         store_sync=a.store_sync,
+        http=a.http,
+        http_threads=a.http_threads,
     )
     if a.state_dir is not None:
         kwargs["state_dir"] = a.state_dir

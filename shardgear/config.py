@@ -68,6 +68,8 @@ class Config:
     store_sync: str = (
         "normal"  # sqlite synchronous: "normal" (process crash) or "full" (power loss)
     )
+    http: str = ""  # ADDR:PORT of the HTTP API and dashboard process; "" = off
+    http_threads: int = 64  # requests the HTTP process serves at once (a foreground one waits)
 
     @property
     def legacy_store_path(self) -> str:

@@ -101,7 +101,7 @@ class Supervisor:
         if removed:
             log.warning("removed %d stale shared-memory segments of a dead server", len(removed))
         inst = self.instance
-        n_children = self.config.fronts + self.config.shards
+        n_children = self.config.fronts + self.config.shards + (1 if self.config.http else 0)
         self.control_seg = self._create(inst.control, layout.control_bytes(n_children))
         ring_bytes = layout.ring_bytes(self.config.ring_size)
         for s in range(self.config.shards):
@@ -367,6 +367,8 @@ class Supervisor:
     def spawn_fronts(self) -> None:
         self.fronts_spawned = True
         fronts = [Child("front", f, self.instance.front_slot(f)) for f in range(self.config.fronts)]
+        if self.config.http:  # the HTTP API (http_server.py) is a client of the fronts
+            fronts.append(Child("http", 0, self.instance.http_slot))
         self.children += fronts
         for child in fronts:
             self.spawn(child)
