@@ -23,8 +23,10 @@ Routes:
   the workload of FUNCTION (``X-Gearman-Unique``, default ``-``; ``X-Gearman-Background:
   true``; ``X-Gearman-Priority: high|low``) and answers 200 with ``X-Gearman-Job-Handle`` and
   ``X-Gearman-Command`` (``WORK_COMPLETE``, ``WORK_FAIL``... or ``JOB_CREATED`` for a background
-  job, at once), the body being the WORK_COMPLETE data; HEAD with a function submits and answers
-  the headers only; TRACE (and HEAD without a function) echoes the body through ECHO_REQ; a
+  job, at once), the body being the WORK_COMPLETE data; the function is the request target as
+  sent, query string and escapes included (as gearmand: ``/f?x=1`` names the function ``f?x=1``);
+  HEAD with a function submits the job to run in the background and answers at once, with the
+  handle only; TRACE (and HEAD without a function) echoes the body through ECHO_REQ; a
   request without a function is 404 and other methods 405. As with gearmand a job failure is still
   200, and a foreground request waits for its job with no time limit (it is abandoned, and the
   job detached, if the HTTP client leaves).
@@ -223,7 +225,7 @@ class HttpApi:
         self, environ: dict[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
-        func = _raw_path(environ).encode("latin-1")[1:]  # as sent, like gearmand
+        func = _raw_target(environ).encode("latin-1")[1:]  # as sent, query too, like gearmand
         body = _body(environ)
         if method == "GET" and not func:  # gearmand: 404; a browser wants the dashboard
             start_response(_status(302), [("Location", DASHBOARD_PATH)])
@@ -232,11 +234,20 @@ class HttpApi:
             with self.link() as link:
                 echoed = link.echo(body)
             return _gearman_reply(start_response, 200, None, None, echoed, method == "HEAD")
+        if method == "HEAD":
+            # gearmand answers a HEAD at JOB_CREATED, without X-Gearman-Command, and the job
+            # runs with nobody waiting: a background job here
+            with self.link() as link:
+                try:
+                    handle = link.submit(P.SUBMIT_JOB_BG, func, _unique(environ), body)
+                except LinkError:
+                    return _gearman_reply(start_response, 503, None, "ERROR", b"", True)
+            return _gearman_reply(start_response, 200, handle, None, b"", True)
         if method not in ("GET", "POST", "PUT", "HEAD"):
             return _gearman_reply(start_response, 405, None, None, b"", False)
         if not func:
             return _gearman_reply(start_response, 404, None, None, b"", False)
-        unique = environ.get("HTTP_X_GEARMAN_UNIQUE", "-").encode("latin-1")
+        unique = _unique(environ)
         background = environ.get("HTTP_X_GEARMAN_BACKGROUND", "").lower() == "true"
         priority = environ.get("HTTP_X_GEARMAN_PRIORITY", "normal").lower()
         ptype = _SUBMIT.get((priority if priority in ("high", "low") else "normal", background))
@@ -246,20 +257,16 @@ class HttpApi:
             try:
                 handle = link.submit(ptype, func, unique, body)
             except LinkError as exc:
-                return _gearman_reply(
-                    start_response, 503, None, "ERROR", str(exc).encode(), method == "HEAD"
-                )
+                return _gearman_reply(start_response, 503, None, "ERROR", str(exc).encode(), False)
             if background:
-                return _gearman_reply(
-                    start_response, 200, handle, "JOB_CREATED", b"", method == "HEAD"
-                )
+                return _gearman_reply(start_response, 200, handle, "JOB_CREATED", b"", False)
             try:
                 result = link.wait_result(handle, abandon)
             except LinkError as exc:
                 log.info("HTTP request for job %r abandoned: %s", handle, exc)
                 return _gearman_reply(start_response, 502, handle, None, b"", False)
         return _gearman_reply(
-            start_response, 200, result.handle, result.command, result.data, method == "HEAD"
+            start_response, 200, result.handle, result.command, result.data, False
         )
 
     # ------------------------------------------------------------------ the dashboard
@@ -595,6 +602,23 @@ class HttpApi:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _unique(environ: dict[str, Any]) -> bytes:
+    return str(environ.get("HTTP_X_GEARMAN_UNIQUE", "-")).encode("latin-1")
+
+
+def _raw_target(environ: dict[str, Any]) -> str:
+    """The request target as sent (``/path?query``, escapes kept); origin form even if the
+    client sent the absolute form."""
+    raw = str(environ.get("REQUEST_URI") or environ.get("RAW_URI") or "")
+    if not raw:
+        query = environ.get("QUERY_STRING")
+        return str(environ.get("PATH_INFO") or "/") + (f"?{query}" if query else "")
+    if not raw.startswith("/"):
+        parts = urlsplit(raw)
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+    return raw
 
 
 def _raw_path(environ: dict[str, Any]) -> str:
