@@ -16,6 +16,7 @@ from shardgear.config import (
     default_shards,
     default_state_dir,
 )
+from shardgear.retries import POLICY_KEYS, parse_policy, parse_spec
 
 
 class _Parser(argparse.ArgumentParser):
@@ -185,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
         "power loss, at an fdatasync per loop turn that stores jobs (default: normal)",
     )
     p.add_argument(
+        "--retry",
+        action="append",
+        default=[],
+        metavar="FUNCTION:POLICY",
+        help="a retry policy for a function name or glob, e.g. 'resize_*:attempts=5,"
+        "delay=10s,max-delay=1h' (keys: " + ", ".join(POLICY_KEYS) + "; repeat the flag for "
+        "more functions; the exact name wins over the first matching glob)",
+    )
+    p.add_argument(
         "--http",
         default="",
         metavar="ADDR:PORT",
@@ -237,6 +247,16 @@ def parse_config(argv: list[str] | None = None) -> Config:
         print("shardgear: --journal-size is ignored: the job log grows as needed", file=sys.stderr)
     if a.http and not _address_ok(a.http):
         parser.error(f"argument --http: expected ADDR:PORT, got {a.http!r}")
+    rules = []
+    for text in a.retry:
+        pattern, sep, spec = text.partition(":")
+        try:
+            if not sep or not pattern:
+                raise ValueError("expected FUNCTION:POLICY")
+            parse_policy(parse_spec(spec))
+        except ValueError as exc:
+            parser.error(f"argument --retry {text!r}: {exc}")
+        rules.append((pattern, spec))
     kwargs = dict(
         listen=a.listen,
         port=a.port,
@@ -253,6 +273,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         log_level=a.log_level,
         store="none" if a.store == "none" else "log",
         store_sync=a.store_sync,
+        retry=tuple(rules),
         http=a.http,
         http_threads=a.http_threads,
     )

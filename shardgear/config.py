@@ -68,6 +68,8 @@ class Config:
     store_sync: str = (
         "normal"  # sqlite synchronous: "normal" (process crash) or "full" (power loss)
     )
+    # retry policies: (function name or glob, "key=value,..." as retries.parse_spec reads it)
+    retry: tuple[tuple[str, str], ...] = ()
     http: str = ""  # ADDR:PORT of the HTTP API and dashboard process; "" = off
     http_threads: int = 64  # requests the HTTP process serves at once (a foreground one waits)
 
@@ -96,4 +98,6 @@ class Config:
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> Config:
         """Inverse of `to_json_dict`."""
+        data = dict(data)
+        data["retry"] = tuple((str(p), str(spec)) for p, spec in data.get("retry", ()))
         return cls(**data)

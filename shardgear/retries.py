@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any, Final
 
 from shardgear.jobs import (
@@ -44,6 +45,7 @@ from shardgear.jobs import (
     OUT_LOST,
     OUT_TIMEOUT,
     OUTCOME_NAMES,
+    Function,
     Job,
     RetryState,
 )
@@ -274,6 +276,72 @@ POLICY_KEYS: Final[dict[str, tuple[str, Any]]] = {
     "dead-max-age": ("dead_max_age", duration),
 }
 """Keys of a ``retry`` table -> (RetryPolicy field, parser raising ValueError)."""
+
+
+def parse_spec(text: str) -> dict[str, Any]:
+    """The ``--retry`` flag's form of a policy, ``key=value,key=value`` (``on`` lists its
+    failures with ``+``: ``on=fail+exception``), as the table `parse_policy` takes. Numbers stay
+    numbers; ``true``/``false`` are booleans. Raises ValueError for an item without ``=``."""
+    table: dict[str, Any] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, got {item!r}")
+        key, raw = key.strip(), raw.strip()
+        value: Any = raw
+        if key == "on":
+            value = [v for v in raw.split("+") if v]
+        elif raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+        table[key] = value
+    return table
+
+
+class PolicyRules:
+    """Which retry policy each function has: the rules of ``--retry`` (pattern, spec), an exact
+    function name before the first glob (fnmatch, on the name's bytes) that matches, as the
+    config file's ``[functions."PATTERN"]`` tables resolve. `apply` is the scheduler's
+    ``on_new_function`` hook."""
+
+    def __init__(self, rules: Iterable[tuple[str, str]]) -> None:
+        self.exact: dict[bytes, RetryPolicy] = {}
+        self.globs: list[tuple[bytes, RetryPolicy]] = []
+        for pattern, spec in rules:
+            policy = parse_policy(parse_spec(spec))
+            name = pattern.encode()
+            if any(c in pattern for c in "*?["):
+                self.globs.append((name, policy))
+            else:
+                self.exact.setdefault(name, policy)
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.globs)
+
+    def policy(self, func: bytes) -> RetryPolicy | None:
+        """The policy of function `func`, or None (gearmand's behaviour)."""
+        found = self.exact.get(func)
+        if found is not None:
+            return found
+        for pattern, policy in self.globs:
+            if fnmatchcase(func, pattern):
+                return policy
+        return None
+
+    def apply(self, f: Function) -> None:
+        """Give a new function its policy."""
+        if self:
+            f.retry = self.policy(f.name)
 
 
 def parse_policy(value: Any) -> RetryPolicy:

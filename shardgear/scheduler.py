@@ -197,6 +197,7 @@ class Scheduler:
         log: Callable[[str], None] | None = None,
         dead_letters: DeadLetters | None = None,
         rng: random.Random | None = None,
+        on_new_function: Callable[[Function], None] | None = None,
     ) -> None:
         if not 0 <= shard_index < shard_count:
             raise ValueError("shard_index must be in [0, shard_count)")
@@ -219,6 +220,8 @@ class Scheduler:
         self._joblog: JobLogHooks | None = None  # set by recovery.start_log
         self._dead = dead_letters  # where exhausted background jobs go (retries.py)
         self._rng = rng if rng is not None else random.Random(0)  # retry jitter
+        # gives a new function its configured settings (its retry policy, retries.PolicyRules)
+        self._on_new_function = on_new_function
         self._recovered: dict[int, Worker] = {}  # recovered workers not re-registered yet
         self._log = log
         self._functions: dict[bytes, Function] = {}
@@ -537,6 +540,8 @@ class Scheduler:
         if f is None:
             f = Function(name, routing.board_slot(name) * routing.PRIORITIES)
             self._functions[name] = f
+            if self._on_new_function is not None:
+                self._on_new_function(f)
         return f
 
     # ------------------------------------------------------------------ queues

@@ -43,7 +43,7 @@ from shardgear.instance import Instance
 from shardgear.joblog import JobLog, read_log
 from shardgear.messages import HEADER
 from shardgear.proto.packets import NO_JOB_PACKET, PacketType
-from shardgear.retries import RetryPolicy
+from shardgear.retries import PolicyRules, RetryPolicy
 from shardgear.scheduler import ERR_STORE, Scheduler
 from shardgear.shm import layout
 from shardgear.shm.channel import Receiver, Sender
@@ -122,6 +122,7 @@ class Shard:
             synchronous=config.store_sync,
             log=log.error,
         )
+        self.retry_rules = PolicyRules(config.retry)
         self.scheduler = self._new_scheduler()
         self.running = True
         self.draining = False
@@ -142,6 +143,7 @@ class Shard:
             log=log.warning,
             dead_letters=self.dead,
             rng=random.Random(),
+            on_new_function=self.retry_rules.apply,
         )
 
     def _owns(self, func: bytes) -> bool:
@@ -149,8 +151,7 @@ class Shard:
 
     def _retry_policy(self, func: bytes) -> RetryPolicy | None:
         """A function's retry policy (for the dead set's bounds)."""
-        f = self.scheduler.function(func)
-        return None if f is None else f.retry
+        return self.retry_rules.policy(func)
 
     def _attach(self, name: str) -> Segment:
         seg = Segment.attach(name)

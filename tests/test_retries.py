@@ -7,7 +7,7 @@ import random
 import pytest
 
 from shardgear.jobs import OUT_EXCEPTION, OUT_FAIL, OUT_LOST, OUT_TIMEOUT
-from shardgear.retries import RetryPolicy, duration, parse_policy
+from shardgear.retries import PolicyRules, RetryPolicy, duration, parse_policy, parse_spec
 
 
 def test_an_empty_table_is_the_default_policy() -> None:
@@ -132,3 +132,27 @@ def test_jitter_is_deterministic_for_a_seeded_rng() -> None:
     assert a == b
     spread = {round(p.backoff_delay(1, random.Random(seed)), 6) for seed in range(20)}
     assert len(spread) > 10  # jitter really varies
+
+
+def test_the_flag_form_of_a_policy() -> None:
+    table = parse_spec("attempts=5, delay=1.5s,on=fail+timeout,foreground=true,jitter=0")
+    assert table == {
+        "attempts": 5,
+        "delay": "1.5s",
+        "on": ["fail", "timeout"],
+        "foreground": True,
+        "jitter": 0,
+    }
+    assert parse_policy(table).on == OUT_FAIL | OUT_TIMEOUT
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_spec("attempts")
+
+
+def test_an_exact_name_wins_over_the_first_matching_glob() -> None:
+    rules = PolicyRules(
+        [("resize_*", "attempts=2"), ("resize_big", "attempts=9"), ("resize_?ig", "attempts=4")]
+    )
+    assert rules.policy(b"resize_big") == RetryPolicy(attempts=9)
+    assert rules.policy(b"resize_pig") == RetryPolicy(attempts=2)
+    assert rules.policy(b"thumb") is None
+    assert not PolicyRules([])
