@@ -76,8 +76,11 @@ class Workers:
                 try:
                     handler(job)
                 except Exception:
-                    job.sendWorkFail()
-                    raise
+                    try:
+                        job.sendWorkFail()
+                    except Exception:
+                        pass  # its connection is gone (the worker was shut down)
+                    return
 
         t = threading.Thread(target=loop, daemon=True)
         t.start()
