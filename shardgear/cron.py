@@ -18,7 +18,7 @@ still queued coalesces onto it). The reply is JOB_CREATED with a handle naming t
 * **Key.** A schedule is identified by its function and unique (an empty unique too): a new
   SUBMIT_JOB_SCHED with the same pair replaces the earlier schedule.
 * **Exactly once per match.** Each schedule's last run (the matching minute it ran for) is kept in
-  ``<state-dir>/cron.<port>.sqlite3`` (`shardgear.statedb`), written after the job store's
+  ``<state-dir>/cron.<port>.sqlite3`` (`shardgear.statedb`), written after the job log's
   commit of the turn that submitted the run: a run is never lost, and one interrupted between
   the two commits is submitted again at the next start (its unique makes it coalesce if it is
   still queued). A restart never runs a minute twice.

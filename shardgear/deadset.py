@@ -11,13 +11,13 @@ but the rows of the current loop turn, so the dead set costs nothing until a job
 
 Durability, in the order of a shard's loop turn (ARCHITECTURE.md, "The dead set"):
 
-1. `commit` (before the job store's commit) writes the turn's dead jobs: a job leaves the job
-   store only once its dead row is durable, so a crash between the two keeps it twice (it may
-   run again), never zero times.
+1. `commit` (before the job log's commit) writes the turn's dead jobs: a job's DONE record
+   reaches the job log only once its dead row is durable, so a crash between the two keeps it
+   twice (it may run again), never zero times.
 2. A replay re-submits a dead job as a new background job (`Scheduler.submit_background`: fresh
    attempts, a new handle; the same unique coalesces) and deletes its row at the *next* turn's
-   `commit`, after the store's commit made the new job durable. A replay whose job the store then
-   refused keeps its row (`keep_replays_of`).
+   `commit`, after the job log's commit made the new job durable. A replay whose job the log
+   then refused keeps its row (`keep_replays_of`).
 
 Bounds, per function (the policy's ``dead-max-jobs`` and ``dead-max-age``): each commit trims the
 functions it wrote to the newest ``dead-max-jobs`` rows, and once a minute rows older than
@@ -267,7 +267,7 @@ class DeadSet:
     def commit(self, now: float) -> None:
         """Write this turn's dead jobs and trim their functions; delete the rows replayed in the
         previous turn; once a minute, expire rows by age. Call once per loop turn, before the
-        job store's commit."""
+        job log's commit."""
         if not self._waiting and not self._replayed:
             if now < self._next_expire:
                 return
@@ -432,7 +432,7 @@ class DeadSet:
         self._replayed.pop(rid, None)
 
     def keep_replays_of(self, handles: set[bytes]) -> None:
-        """The job store refused these jobs (its commit failed): the dead jobs they replayed
+        """The job log refused these jobs (its commit failed): the dead jobs they replayed
         stay in the dead set."""
         for rid, handle in list(self._replayed.items()):
             if handle in handles:

@@ -1,5 +1,8 @@
 """Retry policies: how many attempts a job gets, which failures count, and the wait between them.
 
+Policies come from ``--retry FUNCTION:POLICY`` (`parse_spec`, `PolicyRules`); the config file's
+``[functions."PATTERN".retry]`` tables (issue 10) are meant to feed the same `parse_policy`.
+
 Theory of operation
 -------------------
 gearmand never runs a failed job again: WORK_FAIL and WORK_EXCEPTION end it, and a job whose worker
@@ -10,10 +13,10 @@ WORK_FAIL, WORK_EXCEPTION, a worker lost mid-job, a CAN_DO_TIMEOUT expiry) is re
 (`jobs.RetryState`) and, while attempts remain, the job waits for its next attempt instead of
 ending: it keeps its handle and its unique (GET_STATUS says known, not running; a submission with
 the same unique coalesces onto it) and sits in the scheduler's timer heap like an epoch job (state
-FUTURE), journaled and stored (`JobJournal.delay`, `JobStore.delay`), so it survives a shard crash
-and a restart exactly as a queued job does. When no attempt remains, the failure is final: the
-clients get it, and a background job goes to the dead set (`shardgear.deadset`) if the policy
-says so.
+FUTURE), recorded in the job log (`JobLogHooks.delay`, a JR_DELAY record), so it survives a
+shard crash and a restart exactly as a queued job does. When no attempt remains, the failure is
+final: the clients get it, and a background job goes to the dead set (`shardgear.deadset`) if
+the policy says so.
 
 The wait before attempt ``k + 1`` after ``k`` failures is `RetryPolicy.backoff_delay`: ``delay``
 (fixed), or ``delay * factor ** (k - 1)`` (exponential), times a uniform jitter factor in

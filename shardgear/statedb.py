@@ -1,4 +1,4 @@
-"""Small SQLite files of per-function state beside the job store: the dead set and the schedules.
+"""Small SQLite files of per-function state beside the job logs: the dead set and the schedules.
 
 Each is one file per port in the state directory (``dead.<port>.sqlite3``,
 ``cron.<port>.sqlite3``), shared by the shards in WAL mode: every shard opens its own connection
@@ -6,7 +6,7 @@ and reads and writes only the rows of the functions it owns (`routing.shard_for`
 ever shared in memory and a change of the shard count needs no migration. Writes are rare (a
 job's last failure, an admin command, a schedule's run) and batched per loop turn by the owner.
 
-`open_db` creates the directory and the file (mode 0640, like the job store), switches to WAL,
+`open_db` creates the directory and the file (mode 0640), switches to WAL,
 sets the busy timeout and the durability (``synchronous``) and creates the schema. It raises
 `StateDbError` with the path and the reason; callers log it and retry later, never crash.
 """
