@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
-from shardgear import shard_admin
+from shardgear import routing, shard_admin
 from shardgear.invariants import check_invariants
 from shardgear.joblog import JobLog
 from shardgear.jobs import FUTURE, OUT_EXCEPTION, OUT_FAIL, OUT_LOST, OUT_TIMEOUT, QUEUED, Job
@@ -381,3 +382,29 @@ def test_the_next_attempt_of_a_recovered_job_counts_on(tmp_path: Path) -> None:
     t.handle_packet(W2, WORK_FAIL, b"H:t:1", 1006.0)
     assert t.job(b"H:t:1") is None
     assert [(d[1], d[3]) for d in sink.jobs] == [(b"u", 2)]  # the second attempt was the last
+
+
+def test_a_new_shard_count_keeps_a_waiting_jobs_failures(tmp_path: Path) -> None:
+    from shardgear import recovery
+    from shardgear.config import Config
+    from shardgear.joblog import read_log
+    from shardgear.reshard import prepare_job_logs
+
+    cfg = Config(port=4730, fronts=1, shards=1, state_dir=str(tmp_path))
+    s = Scheduler(shard_index=0, shard_count=1, handle_prefix=b"H:t", durable=True)
+    j = JobLog(cfg.job_log_path(0, 0))
+    assert recovery.start_log(s, j, 1, 0, 1)
+    s._function(F).retry = fixed(attempts=4)
+    s.handle_packet(W1, CAN_DO, F, 1000.0)
+    s.handle_packet(C1, SUBMIT_JOB_BG, F + b"\0u\0x", 1000.0)
+    s.handle_packet(W1, 9, b"", 1000.0)
+    s.handle_packet(W1, WORK_EXCEPTION, b"H:t:1\0trace", 1000.0)
+    flushed(j)
+    j.close()
+    three = Config(port=4730, fronts=1, shards=3, state_dir=str(tmp_path))
+    prepare_job_logs(three, logging.getLogger("test"))
+    owner = routing.shard_for(F, 3)
+    t = Scheduler(shard_index=owner, shard_count=3, handle_prefix=b"H:t")
+    [job] = recovery.recover_cold(t, read_log(three.job_log_path(owner, 0)).records, 1001.0)
+    assert job.state == FUTURE and job.retry is not None
+    assert (job.retry.failures, job.retry.next_at, job.retry.error) == (1, 1005.0, b"trace")
