@@ -156,7 +156,9 @@ class Supervisor:
             log.warning("removed %d stale shared-memory segments of a dead server", len(removed))
         inst = self.instance
         config = self.config
-        n_children = config.fronts + config.shards
+        # a slot of the control block, the stats segment and the doorbells per child; the HTTP
+        # process (--http) has the last one
+        n_children = config.fronts + config.shards + (1 if config.http else 0)
         self.control_seg = self._create(inst.control, layout.control_bytes(n_children))
         self.control = self.control_seg.buf.cast("Q")
         self.stack.callback(self.control.release)
@@ -476,6 +478,8 @@ class Supervisor:
                     Child("front", f, self.instance.front_slot(f))
                     for f in range(self.config.fronts)
                 ]
+                if self.config.http:  # the HTTP API (http_server.py), a client of the fronts
+                    self.children.append(Child("http", 0, self.instance.http_slot))
                 for child in self.children:  # together: a front waits for the shards itself
                     self.spawn(child)
                 self.loop(rfd)

@@ -1,0 +1,309 @@
+"""The HTTP listener's application: gearmand's HTTP protocol, a JSON API and the dashboard (WSGI).
+
+Theory of operation
+-------------------
+``--http ADDR:PORT`` starts one more child process, ``http`` (`shardgear.http_server`), that
+serves this WSGI application with waitress. It is a client of its own server: every request
+opens a loopback Gearman connection (`shardgear.gearlink`) to the fronts, so fronts and shards
+know nothing of HTTP, and a crash of this process loses nothing but its open requests (the
+supervisor restarts it).
+
+Routes:
+
+* ``/_shardgear/api/v1/...``: the JSON API (`shardgear.http_json`; README, "HTTP API"):
+  functions with their counts and throughput, workers, a job's status by handle or unique,
+  retries, the dead set (list, show, replay, delete) and the schedules (list, create, remove).
+  Mutating calls (POST, DELETE) are refused (403) when the request says it comes from another
+  web origin (an ``Origin`` or ``Referer`` whose host is not the ``Host``): a browser page of
+  another site cannot replay or delete, while curl and scripts, which send no Origin, can.
+* ``/_shardgear/``: the dashboard, one static page (``dashboard.html``) over the JSON API.
+* ``/metrics``: a mounted WSGI app, if one is given (`HttpApi.mount`).
+* ``GET /``: a redirect to the dashboard (gearmand answers 404 there).
+* everything else is gearmand's HTTP protocol: ``GET|POST|PUT /FUNCTION`` submits the body as
+  the workload of FUNCTION (``X-Gearman-Unique``, default ``-``; ``X-Gearman-Background:
+  true``; ``X-Gearman-Priority: high|low``) and answers 200 with ``X-Gearman-Job-Handle`` and
+  ``X-Gearman-Command`` (``WORK_COMPLETE``, ``WORK_FAIL``... or ``JOB_CREATED`` for a background
+  job, at once), the body being the WORK_COMPLETE data; the function is the request target as
+  sent, query string and escapes included (as gearmand: ``/f?x=1`` names the function ``f?x=1``);
+  HEAD with a function submits the job to run in the background and answers at once, with the
+  handle only; TRACE (and HEAD without a function) echoes the body through ECHO_REQ; a
+  request without a function is 404 and other methods 405. As with gearmand a job failure is still
+  200, and a foreground request waits for its job with no time limit (it is abandoned, and the
+  job detached, if the HTTP client leaves).
+
+Where this differs from gearmand's plugin on purpose (README, "Where shardgear differs"): a
+WORK_FAIL answer carries the whole job handle (gearmand 1.1.20 cuts its number off), an ERROR
+from the server (a full queue, say) is 503 with the error text instead of a dropped connection,
+and the reply is HTTP/1.1 to an HTTP/1.1 request (gearmand 2.0 behaviour, #391), whose
+connection may stay open for the next request (gearmand closes it after every answer).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from shardgear import __version__
+from shardgear.gearlink import GearmanLink, LinkError
+from shardgear.http_json import (
+    API_PREFIX,
+    HttpError,
+    JsonApi,
+    json_reply,
+    read_body,
+    status_line,
+    text,
+)
+from shardgear.proto.packets import PacketType
+
+log = logging.getLogger("shardgear.http")
+
+P = PacketType
+DASHBOARD_PATH: Final = "/_shardgear/"
+SERVER_HEADER: Final = f"Gearman/shardgear-{__version__}"
+SAMPLE_INTERVAL: Final = 2.0
+SAMPLES: Final = 60  # two minutes of throughput history per function
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+Headers = list[tuple[str, str]]
+
+_SUBMIT: Final = {
+    ("high", False): P.SUBMIT_JOB_HIGH,
+    ("normal", False): P.SUBMIT_JOB,
+    ("low", False): P.SUBMIT_JOB_LOW,
+    ("high", True): P.SUBMIT_JOB_HIGH_BG,
+    ("normal", True): P.SUBMIT_JOB_BG,
+    ("low", True): P.SUBMIT_JOB_LOW_BG,
+}
+# ---------------------------------------------------------------------------- throughput
+
+
+class Sampler:
+    """Samples ``show functions`` every `SAMPLE_INTERVAL` seconds in a thread of its own and
+    keeps each function's jobs-done rate (jobs per second) of the last `SAMPLES` intervals, for
+    the dashboard's sparklines. `beat` is called each round (the process heartbeat)."""
+
+    def __init__(self, address: tuple[str, int], beat: Callable[[], None] | None = None) -> None:
+        self.address = address
+        self.beat = beat
+        self.rates: dict[str, deque[float]] = {}
+        self._last: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def history(self, name: str) -> list[float]:
+        with self._lock:
+            return list(self.rates.get(name, ()))
+
+    def _run(self) -> None:
+        link: GearmanLink | None = None
+        while not self._stop.wait(SAMPLE_INTERVAL):
+            if self.beat is not None:
+                self.beat()
+            try:
+                if link is None:
+                    link = GearmanLink(self.address)
+                rows = link.admin(b"show functions", listing=True)
+            except LinkError:
+                if link is not None:
+                    link.close()
+                link = None
+                continue
+            self.record(time.monotonic(), rows)
+
+    def record(self, now: float, rows: list[bytes]) -> None:
+        """Add one sample: `rows` are ``show functions`` lines."""
+        seen = set()
+        with self._lock:
+            for row in rows:
+                cols = row.split(b"\t")
+                if len(cols) != 8:
+                    continue
+                name, done = text(cols[0]), int(cols[7])
+                seen.add(name)
+                last = self._last.get(name)
+                self._last[name] = (now, done)
+                if last is None:
+                    continue
+                dt = now - last[0]
+                rate = max(0, done - last[1]) / dt if dt > 0 else 0.0  # a shard restart: 0
+                self.rates.setdefault(name, deque(maxlen=SAMPLES)).append(round(rate, 3))
+            for name in list(self._last):
+                if name not in seen:  # dropped function
+                    del self._last[name]
+                    self.rates.pop(name, None)
+
+
+# ---------------------------------------------------------------------------- the application
+
+
+class HttpApi:
+    """The WSGI application (see the module docstring). `address` is the Gearman port to use."""
+
+    def __init__(self, address: tuple[str, int], sampler: Sampler | None = None) -> None:
+        self.address = address
+        self.sampler = sampler
+        self.api = JsonApi(address, sampler)
+        self.mounts: list[tuple[str, WSGIApp]] = []
+        self._dashboard: bytes | None = None
+
+    def mount(self, prefix: str, app: WSGIApp) -> None:
+        """Serve `prefix` and everything under it with another WSGI app (the metrics)."""
+        self.mounts.append((prefix.rstrip("/"), app))
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = _raw_path(environ)
+        for prefix, app in self.mounts:
+            if path == prefix or path.startswith(prefix + "/"):
+                return app(environ, start_response)
+        try:
+            if path.startswith(API_PREFIX + "/") or path == API_PREFIX:
+                return self.api(environ, start_response, path[len(API_PREFIX) :])
+            if path in (DASHBOARD_PATH, DASHBOARD_PATH.rstrip("/")):
+                return self._page(environ, start_response)
+            return self._gearman_http(environ, start_response)
+        except HttpError as exc:
+            return json_reply(start_response, exc.status, {"error": exc.message})
+        except Exception:
+            log.exception("HTTP request %s %s failed", environ.get("REQUEST_METHOD"), path)
+            error = {"error": "internal error (see the server log)"}
+            return json_reply(start_response, 500, error, sys.exc_info())
+
+    def link(self) -> GearmanLink:
+        try:
+            return GearmanLink(self.address)
+        except LinkError as exc:
+            raise HttpError(503, str(exc)) from exc
+
+    # ------------------------------------------------------------------ gearmand's protocol
+
+    def _gearman_http(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        func = _raw_target(environ).encode("latin-1")[1:]  # as sent, query too, like gearmand
+        body = read_body(environ)
+        if method == "GET" and not func:  # gearmand: 404; a browser wants the dashboard
+            start_response(status_line(302), [("Location", DASHBOARD_PATH)])
+            return [b""]
+        if method == "TRACE" or (method == "HEAD" and not func):
+            with self.link() as link:
+                echoed = link.echo(body)
+            return _gearman_reply(start_response, 200, None, None, echoed, method == "HEAD")
+        if method == "HEAD":
+            # gearmand answers a HEAD at JOB_CREATED, without X-Gearman-Command, and the job
+            # runs with nobody waiting: a background job here
+            with self.link() as link:
+                try:
+                    handle = link.submit(P.SUBMIT_JOB_BG, func, _unique(environ), body)
+                except LinkError:
+                    return _gearman_reply(start_response, 503, None, "ERROR", b"", True)
+            return _gearman_reply(start_response, 200, handle, None, b"", True)
+        if method not in ("GET", "POST", "PUT", "HEAD"):
+            return _gearman_reply(start_response, 405, None, None, b"", False)
+        if not func:
+            return _gearman_reply(start_response, 404, None, None, b"", False)
+        unique = _unique(environ)
+        background = environ.get("HTTP_X_GEARMAN_BACKGROUND", "").lower() == "true"
+        priority = environ.get("HTTP_X_GEARMAN_PRIORITY", "normal").lower()
+        ptype = _SUBMIT.get((priority if priority in ("high", "low") else "normal", background))
+        assert ptype is not None
+        abandon = environ.get("waitress.client_disconnected")
+        with self.link() as link:
+            try:
+                handle = link.submit(ptype, func, unique, body)
+            except LinkError as exc:
+                return _gearman_reply(start_response, 503, None, "ERROR", str(exc).encode(), False)
+            if background:
+                return _gearman_reply(start_response, 200, handle, "JOB_CREATED", b"", False)
+            try:
+                result = link.wait_result(handle, abandon)
+            except LinkError as exc:
+                log.info("HTTP request for job %r abandoned: %s", handle, exc)
+                return _gearman_reply(start_response, 502, handle, None, b"", False)
+        return _gearman_reply(
+            start_response, 200, result.handle, result.command, result.data, False
+        )
+
+    # ------------------------------------------------------------------ the dashboard
+
+    def _page(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if self._dashboard is None:
+            self._dashboard = (
+                importlib.resources.files("shardgear").joinpath("dashboard.html").read_bytes()
+            )
+        start_response(
+            status_line(200),
+            [
+                ("Content-Type", "text/html; charset=utf-8"),
+                ("Content-Length", str(len(self._dashboard))),
+                ("Cache-Control", "no-cache"),
+                ("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline';"
+                 " script-src 'self' 'unsafe-inline'; img-src 'self' data:"),
+            ],
+        )  # fmt: skip
+        return [self._dashboard]
+
+    # ------------------------------------------------------------------ the JSON API
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _unique(environ: dict[str, Any]) -> bytes:
+    return str(environ.get("HTTP_X_GEARMAN_UNIQUE", "-")).encode("latin-1")
+
+
+def _raw_target(environ: dict[str, Any]) -> str:
+    """The request target as sent (``/path?query``, escapes kept); origin form even if the
+    client sent the absolute form."""
+    raw = str(environ.get("REQUEST_URI") or environ.get("RAW_URI") or "")
+    if not raw:
+        query = environ.get("QUERY_STRING")
+        return str(environ.get("PATH_INFO") or "/") + (f"?{query}" if query else "")
+    if not raw.startswith("/"):
+        parts = urlsplit(raw)
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+    return raw
+
+
+def _raw_path(environ: dict[str, Any]) -> str:
+    """The request's path as sent (percent escapes kept), without the query string."""
+    raw = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+    if not raw:
+        return str(environ.get("PATH_INFO") or "/")
+    return urlsplit(raw).path or "/"
+
+
+def _gearman_reply(
+    start_response: StartResponse,
+    status: int,
+    handle: bytes | None,
+    command: str | None,
+    body: bytes,
+    head: bool,
+) -> list[bytes]:
+    """An answer in the shape of gearmand's HTTP plugin."""
+    headers: Headers = []
+    if handle is not None:
+        headers.append(("X-Gearman-Job-Handle", handle.decode("latin-1")))
+    if command is not None:
+        headers.append(("X-Gearman-Command", command))
+    headers.append(("Content-Length", str(len(body))))
+    start_response(status_line(status), headers)
+    return [b""] if head else [body]
