@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
             from shardgear import http_server
 
             control = control_view(control_seg.buf, instance.http_slot)
-            http_server.run(config, control, _early_signals)
+            http_server.run(config, instance, control, _early_signals)
             return 0
         else:
             from shardgear.shard import Shard

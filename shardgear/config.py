@@ -157,6 +157,12 @@ class Config:
         return os.path.join(self.state_dir, f"jobs.{self.port}.shard{shard}.log")
 
     @property
+    def function_stats(self) -> bool:
+        """Whether shards keep per-function counters (``stats.FunctionStats``, published to the
+        stats segment): the Prometheus metrics and the HTTP dashboard's throughput read them."""
+        return bool(self.metrics or self.http)
+
+    @property
     def output_limit(self) -> int:
         """Bytes a connection may have waiting to be written before it is closed as too slow."""
         return self.max_output_buffer or self.max_packet_size + 16 * MIB

@@ -17,7 +17,9 @@ Routes:
   web origin (an ``Origin`` or ``Referer`` whose host is not the ``Host``): a browser page of
   another site cannot replay or delete, while curl and scripts, which send no Origin, can.
 * ``/_shardgear/``: the dashboard, one static page (``dashboard.html``) over the JSON API.
-* ``/metrics``: a mounted WSGI app, if one is given (`HttpApi.mount`).
+* ``/metrics``: when ``--metrics`` names the same ADDR:PORT as ``--http``, the Prometheus
+  metrics, forwarded to the supervisor's listener on loopback (`MetricsProxy`, mounted with
+  `HttpApi.mount`); a function named ``metrics`` cannot be submitted over HTTP then.
 * ``GET /``: a redirect to the dashboard (gearmand answers 404 there).
 * everything else is gearmand's HTTP protocol: ``GET|POST|PUT /FUNCTION`` submits the body as
   the workload of FUNCTION (``X-Gearman-Unique``, default ``-``; ``X-Gearman-Background:
@@ -40,6 +42,7 @@ connection may stay open for the next request (gearmand closes it after every an
 
 from __future__ import annotations
 
+import http.client
 import importlib.resources
 import logging
 import sys
@@ -59,7 +62,6 @@ from shardgear.http_json import (
     json_reply,
     read_body,
     status_line,
-    text,
 )
 from shardgear.proto.packets import PacketType
 
@@ -69,6 +71,7 @@ P = PacketType
 DASHBOARD_PATH: Final = "/_shardgear/"
 SERVER_HEADER: Final = f"Gearman/shardgear-{__version__}"
 SAMPLE_INTERVAL: Final = 2.0
+BEAT_INTERVAL: Final = 1.0  # the heartbeat, well inside the supervisor's 3 s healthy window
 SAMPLES: Final = 60  # two minutes of throughput history per function
 
 StartResponse = Callable[..., Any]
@@ -87,66 +90,129 @@ _SUBMIT: Final = {
 
 
 class Sampler:
-    """Samples ``show functions`` every `SAMPLE_INTERVAL` seconds in a thread of its own and
-    keeps each function's jobs-done rate (jobs per second) of the last `SAMPLES` intervals, for
-    the dashboard's sparklines. `beat` is called each round (the process heartbeat)."""
+    """Keeps each function's results per second (jobs whose worker sent WORK_COMPLETE, WORK_FAIL
+    or WORK_EXCEPTION) over the last `SAMPLES` intervals of `SAMPLE_INTERVAL` seconds, for the
+    dashboard's sparklines.
 
-    def __init__(self, address: tuple[str, int], beat: Callable[[], None] | None = None) -> None:
-        self.address = address
+    `totals` returns {function: results so far}: the shards' per-function counters of the
+    stats segment (``stats.FunctionStats``, `http_server.result_totals`), the ones the Prometheus
+    metrics show as ``shardgear_jobs_{completed,failed,exception}_total``. A thread of its own
+    reads them, and calls `beat` every `BEAT_INTERVAL` (the process's heartbeat and reloads).
+    """
+
+    def __init__(
+        self,
+        totals: Callable[[], dict[str, int]],
+        beat: Callable[[], None] | None = None,
+    ) -> None:
+        self.totals = totals
         self.beat = beat
         self.rates: dict[str, deque[float]] = {}
         self._last: dict[str, tuple[float, int]] = {}
+        self._sampled_at: float | None = None  # the time of the last sample
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
 
     def start(self) -> None:
+        """Take the first sample now (before the process reports READY, so that every result
+        after that shows in the throughput), then sample in a thread."""
+        self._sample(time.monotonic())
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
 
     def history(self, name: str) -> list[float]:
         with self._lock:
             return list(self.rates.get(name, ()))
 
+    def done(self, name: str) -> int:
+        """Results of `name` at the last sample (since its shard started; 0 if unknown)."""
+        with self._lock:
+            last = self._last.get(name)
+        return last[1] if last is not None else 0
+
     def _run(self) -> None:
-        link: GearmanLink | None = None
-        while not self._stop.wait(SAMPLE_INTERVAL):
+        next_sample = 0.0
+        while not self._stop.wait(BEAT_INTERVAL):
             if self.beat is not None:
                 self.beat()
-            try:
-                if link is None:
-                    link = GearmanLink(self.address)
-                rows = link.admin(b"show functions", listing=True)
-            except LinkError:
-                if link is not None:
-                    link.close()
-                link = None
+            now = time.monotonic()
+            if now < next_sample:
                 continue
-            self.record(time.monotonic(), rows)
+            next_sample = now + SAMPLE_INTERVAL
+            self._sample(now)
 
-    def record(self, now: float, rows: list[bytes]) -> None:
-        """Add one sample: `rows` are ``show functions`` lines."""
-        seen = set()
+    def _sample(self, now: float) -> None:
+        try:
+            totals = self.totals()
+        except Exception:  # the heartbeat stops with the thread: never let it end
+            log.exception("reading the function counters failed")
+            return
+        self.record(now, totals)
+
+    def record(self, now: float, totals: dict[str, int]) -> None:
+        """Add one sample: `totals` maps each function to its results so far. A function first
+        seen now had none at the previous sample (its results since then count); at the first
+        sample every function only gets its baseline."""
         with self._lock:
-            for row in rows:
-                cols = row.split(b"\t")
-                if len(cols) != 8:
-                    continue
-                name, done = text(cols[0]), int(cols[7])
-                seen.add(name)
+            before, self._sampled_at = self._sampled_at, now
+            for name, done in totals.items():
                 last = self._last.get(name)
                 self._last[name] = (now, done)
                 if last is None:
-                    continue
+                    if before is None:
+                        continue
+                    last = (before, 0)
                 dt = now - last[0]
                 rate = max(0, done - last[1]) / dt if dt > 0 else 0.0  # a shard restart: 0
                 self.rates.setdefault(name, deque(maxlen=SAMPLES)).append(round(rate, 3))
             for name in list(self._last):
-                if name not in seen:  # dropped function
+                if name not in totals:  # a dropped function
                     del self._last[name]
                     self.rates.pop(name, None)
+
+
+class MetricsProxy:
+    """A WSGI app that forwards a request to the supervisor's metrics listener `upstream`
+    (``HOST:PORT``, loopback): how ``--metrics`` and ``--http`` share one listener (httpd.py,
+    `httpd.METRICS_UPSTREAM_ENV`). The Accept and Accept-Encoding headers go along, so that
+    Prometheus still negotiates its format and compression; the answer comes back as it is."""
+
+    def __init__(self, upstream: str, timeout: float = 30.0) -> None:
+        host, _, port = upstream.rpartition(":")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self.timeout = timeout
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            start_response(status_line(405), [("Content-Length", "0")])
+            return [b""]
+        target = _raw_target(environ)
+        forwarded = (("Accept", "HTTP_ACCEPT"), ("Accept-Encoding", "HTTP_ACCEPT_ENCODING"))
+        headers = {name: str(environ[key]) for name, key in forwarded if environ.get(key)}
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request(environ.get("REQUEST_METHOD", "GET"), target, headers=headers)
+            reply = conn.getresponse()
+            body = reply.read()
+        except (OSError, http.client.HTTPException) as exc:
+            log.warning("metrics: the supervisor's %s:%d failed: %s", self.host, self.port, exc)
+            start_response(status_line(502), [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"metrics unavailable: {exc}\n".encode()]
+        finally:
+            conn.close()
+        kept = [
+            (name, value)
+            for name, value in reply.getheaders()
+            if name.lower() in ("content-type", "content-encoding", "content-length", "vary")
+        ]
+        start_response(f"{reply.status} {reply.reason}", kept)
+        return [body]
 
 
 # ---------------------------------------------------------------------------- the application

@@ -32,9 +32,15 @@ StartResponse = Callable[..., Any]
 
 
 class History(Protocol):
-    """Where a function's throughput history comes from (`http_api.Sampler`)."""
+    """Where a function's throughput comes from (`http_api.Sampler`)."""
 
-    def history(self, name: str) -> list[float]: ...
+    def history(self, name: str) -> list[float]:
+        """Results per second of the last samples, oldest first."""
+        ...
+
+    def done(self, name: str) -> int:
+        """Results so far (WORK_COMPLETE, WORK_FAIL, WORK_EXCEPTION; 0 if unknown)."""
+        ...
 
 
 _REASONS: Final = {
@@ -145,10 +151,10 @@ class JsonApi:
         out = []
         for row in self.admin(b"show functions"):
             cols = row.split(b"\t")
-            if len(cols) != 8:
+            if len(cols) != 7:
                 continue
             name = text(cols[0])
-            high, normal, low, waiting, running, workers, done = (int(c) for c in cols[1:])
+            high, normal, low, waiting, running, workers = (int(c) for c in cols[1:])
             d, dropped = dead.pop(name, (0, 0))
             out.append(
                 {
@@ -157,7 +163,7 @@ class JsonApi:
                     "waiting": waiting,
                     "running": running,
                     "workers": workers,
-                    "done": done,
+                    "done": self.sampler.done(name) if self.sampler else 0,
                     "dead": d,
                     "dead_dropped": dropped,
                     "throughput": self.sampler.history(name) if self.sampler else [],

@@ -123,7 +123,8 @@ class Job:
 
 
 class RetryState:
-    """The failed attempts of a job under a retry policy (`Job.retry`; None until one failed).
+    """The failed attempts of a job under a retry policy (`Job.retry`; None until an attempt
+    failed or a foreground attempt's packets were held back).
 
     `failures` counts failed attempts; `first_failed`/`last_failed` are epoch seconds; `reason` is
     the last failure's OUT_* code and `error` its WORK_EXCEPTION data (empty for the others, at
@@ -175,7 +176,6 @@ class Function:
     __slots__ = (
         "bidx",
         "dead",
-        "done",
         "future",
         "maxq",
         "name",
@@ -198,7 +198,6 @@ class Function:
         self.nready = 0  # sum(ready)
         self.future = [0, 0, 0]  # epoch jobs not yet due, per priority
         self.running = 0
-        self.done = 0  # jobs whose worker sent WORK_COMPLETE, WORK_FAIL or WORK_EXCEPTION
         self.dead = 0  # tombstones in the deques
         self.workers: dict[int, Worker] = {}  # conn -> worker registered for this function
         self.sleepers: dict[Worker, None] = {}  # registered workers asleep and not yet woken

@@ -1030,9 +1030,7 @@ class Scheduler:
         assert w is not None
         del w.jobs[job]
         job.worker = None
-        f = job.fn
-        f.running -= 1
-        f.done += 1
+        job.fn.running -= 1
         self._running -= 1
         if w.timer_job is job:
             w.timer_at = None

@@ -111,11 +111,11 @@ class Shard:
         )
         self.settings = SettingsReader(self._attach(instance.settings).buf)
         self.function_settings = FunctionSettingsApplier(config)
-        # operators' numbers (stats.py); per-function counters only with --metrics
+        # operators' numbers (stats.py); per-function counters only with --metrics or --http
         self.stats = ChildStats(
             self._attach(instance.stats).buf, instance.shard_slot(index), shard=index
         )
-        self.function_stats = FunctionStats() if config.metrics else None
+        self.function_stats = FunctionStats() if config.function_stats else None
         self.control: memoryview | None = None
         self.dead = DeadSet(
             deadset.db_path(config.state_dir, config.port),
@@ -217,7 +217,8 @@ class Shard:
             self.control[layout.CTRL_PROGRESS] += 1 + done
 
     def publish_stats(self, now: float) -> None:
-        """Once a second: gauges, the job log's size, and the function table with --metrics."""
+        """Once a second: gauges, the job log's size, and the function table with --metrics or
+        --http."""
         sched = self.scheduler
         running = sched.running_count()
         fs = self.function_stats

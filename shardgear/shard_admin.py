@@ -73,15 +73,13 @@ def priority_status(sched: Scheduler) -> list[tuple[bytes, int, int, int, int]]:
     return rows
 
 
-def show_functions(sched: Scheduler) -> list[tuple[bytes, int, int, int, int, int, int, int]]:
+def show_functions(sched: Scheduler) -> list[tuple[bytes, int, int, int, int, int, int]]:
     """``show functions`` rows: (function, runnable HIGH, NORMAL, LOW, waiting (epoch jobs and
-    jobs waiting for their next attempt), running, registered workers, jobs done since this
-    shard started (their worker sent WORK_COMPLETE, WORK_FAIL or WORK_EXCEPTION))."""
+    jobs waiting for their next attempt), running, registered workers)."""
     return [
-        (f.name, f.ready[0], f.ready[1], f.ready[2], sum(f.future), f.running, len(f.workers),
-         f.done)
+        (f.name, f.ready[0], f.ready[1], f.ready[2], sum(f.future), f.running, len(f.workers))
         for f in sched.functions()
-    ]  # fmt: skip
+    ]
 
 
 def show_jobs(sched: Scheduler) -> list[tuple[bytes, int, int, int]]:

@@ -28,7 +28,7 @@ style (lists end with ``.``, one tab-separated line per item, times in integer e
 errors and payloads percent-escaped with `escape` so that a line stays one line):
 
 * ``show functions``: per function the runnable jobs by priority, the waiting (epoch or retry),
-  running, workers and the jobs done since the shard started (`format_show_functions`);
+  running and workers (`format_show_functions`);
 * ``show retries``: jobs with failed attempts under a retry policy (`format_show_retries`);
 * ``show dead jobs [FUNC|*] [LIMIT]`` (newest first, LIMIT default 100), ``show dead job ID``,
   ``show dead functions``; ``replay dead job ID``, ``replay dead function FUNC``,
@@ -367,10 +367,10 @@ def format_counts(*counts: int) -> bytes:
     return b"OK " + b" ".join(b"%d" % n for n in counts) + b"\r\n"
 
 
-def format_show_functions(rows: Iterable[tuple[bytes, int, int, int, int, int, int, int]]) -> bytes:
-    """``show functions``: ``NAME\\tHIGH\\tNORMAL\\tLOW\\tWAITING\\tRUNNING\\tWORKERS\\tDONE\\n``
+def format_show_functions(rows: Iterable[tuple[bytes, int, int, int, int, int, int]]) -> bytes:
+    """``show functions``: ``NAME\\tHIGH\\tNORMAL\\tLOW\\tWAITING\\tRUNNING\\tWORKERS\\n``
     per function, then ``.\\n``."""
-    lines = [b"%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n" % row for row in rows]
+    lines = [b"%s\t%d\t%d\t%d\t%d\t%d\t%d\n" % row for row in rows]
     lines.append(END_OF_LIST)
     return b"".join(lines)
 
