@@ -100,7 +100,11 @@ def _ext_modules() -> list[Any]:
     from mypyc.build import mypycify
 
     _say(f"compiling {len(COMPILED)} modules with mypyc")
-    return mypycify(COMPILED, opt_level="3", debug_level="0")
+    try:
+        return mypycify(COMPILED, opt_level="3", debug_level="0")
+    except (Exception, SystemExit) as exc:  # mypyc exits on a type error it cannot compile
+        _say(f"mypyc failed ({exc!r}); installing the pure-Python modules")
+        return []
 
 
 setup(ext_modules=_ext_modules(), cmdclass={"build_ext": OptionalBuildExt})
