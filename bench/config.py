@@ -48,6 +48,10 @@ class Load:
     connect_timeout: float = 15.0
     seed: int = 1
     run_id: int = 1
+    # TLS (all three, or none: plain text): the CA that signed the server, our certificate, key
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

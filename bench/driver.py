@@ -39,6 +39,7 @@ import random
 import resource
 import select
 import socket
+import ssl
 import time
 import traceback
 from array import array
@@ -88,6 +89,7 @@ from bench.wire import (
     func_names,
     packet,
 )
+from shardgear.tls import TLSStream
 
 RECV_SIZE = 1 << 16  # below malloc's mmap threshold: a 256 KiB recv costs 5x more
 LAT_FLUSH = 1 << 18
@@ -188,7 +190,7 @@ class Driver:
     def connect(self) -> None:
         timeout = self.load.connect_timeout
         for index, host, port, quota in self.plan.clients:
-            sock = self._open(host, port, timeout)
+            sock = self._open(host, port, timeout, self.load)
             c = ClientConn(sock, f"client{index}@{host}:{port}", index, quota)
             c.tag = b"u%d.%d.%d." % (self.load.run_id, index, os.getpid())
             self.patterns[index] = build_pattern(self.load, index, self.funcs)
@@ -197,7 +199,7 @@ class Driver:
             self.clients.append(c)
             self._register(c)
         for index, host, port in self.plan.workers:
-            sock = self._open(host, port, timeout)
+            sock = self._open(host, port, timeout, self.load)
             w = WorkerConn(sock, f"worker{index}@{host}:{port}", index)
             hello = [packet(SET_CLIENT_ID, b"shardgear-bench-%d" % index)]
             hello += [packet(CAN_DO, f) for f in self.funcs]
@@ -210,10 +212,16 @@ class Driver:
             c.sock.setblocking(False)
 
     @staticmethod
-    def _open(host: str, port: int, timeout: float) -> socket.socket:
+    def _open(host: str, port: int, timeout: float, load: Load) -> Any:
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
+        if not load.tls_ca:
+            return sock
+        # TLS: the handshake blocks here (setup); then a TLSStream gives the loop a socket's
+        # non-blocking interface (BlockingIOError where ssl says "want read/write").
+        ctx = ssl.create_default_context(cafile=load.tls_ca)
+        ctx.load_cert_chain(load.tls_cert, load.tls_key)
+        return TLSStream(ctx.wrap_socket(sock, server_hostname=host), ())
 
     @staticmethod
     def _await_echo(sock: socket.socket, timeout: float) -> None:

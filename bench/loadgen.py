@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="server pids (comma or space separated) for CPU and memory; each "
         "includes its descendants",
     )
+    t = p.add_argument_group("TLS (against running servers; --compare starts its own: +tls)")
+    t.add_argument("--tls-ca", default="", metavar="FILE", help="CA of the server's certificate")
+    t.add_argument("--tls-cert", default="", metavar="FILE", help="client certificate")
+    t.add_argument("--tls-key", default="", metavar="FILE", help="its key")
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="print the result as JSON (orjson)")
     o.add_argument(
@@ -161,9 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_from_args(a: argparse.Namespace, targets: Sequence[tuple[str, int]]) -> Load:
+def load_from_args(
+    a: argparse.Namespace, targets: Sequence[tuple[str, int]], tls: dict[str, str] | None = None
+) -> Load:
     jobs = a.jobs if a.jobs is not None or a.duration is not None else 100_000
+    if tls is None:
+        tls = {"tls_ca": a.tls_ca, "tls_cert": a.tls_cert, "tls_key": a.tls_key}
     return Load(
+        **tls,
         targets=tuple(targets),
         clients=a.clients,
         inflight=a.inflight,
@@ -250,14 +259,16 @@ def cmd_compare(a: argparse.Namespace, progress: bool) -> int:
         servers = start_all(stack, a, specs)
         if a.warmup > 0:
             for s in servers:
-                base = load_from_args(a, [s.target])
+                base = load_from_args(a, [s.target], s.client_tls())
                 warm = dataclasses.replace(base, jobs=a.warmup, duration=None, run_id=run_id)
                 run_id += 1
                 run_load(warm, server_pids=s.pids, progress=progress, label=f"{s.label} warm-up ")
         for rnd in range(a.rounds):
             order = servers if rnd % 2 == 0 else servers[::-1]
             for s in order:
-                load = dataclasses.replace(load_from_args(a, [s.target]), run_id=run_id)
+                load = dataclasses.replace(
+                    load_from_args(a, [s.target], s.client_tls()), run_id=run_id
+                )
                 run_id += 1
                 res = run_load(load, server_pids=s.pids, progress=progress, label=f"{s.label} ")
                 res["label"] = s.label
@@ -298,7 +309,7 @@ def cmd_memory(a: argparse.Namespace, progress: bool) -> int:
     with ExitStack() as stack:
         for server in start_all(stack, a, specs):
             base = dataclasses.replace(
-                load_from_args(a, [server.target]),
+                load_from_args(a, [server.target], server.client_tls()),
                 jobs=a.memory,
                 duration=None,
                 payload=parse_range(a.payload),

@@ -105,6 +105,7 @@ def compare_rows(labels: Sequence[str], rounds: Sequence[dict[str, Any]]) -> lis
                     [r.get("server", {}).get("peak_pss_kb") for r in runs]
                 ),
                 "loadgen_cores": _median([r["loadgen"]["cpu_cores"] for r in runs]),
+                "server_us_per_job": _median([_us_per_job(r) for r in runs]),
                 "errors": sum(r["errors"] for r in runs),
             }
         )
@@ -112,6 +113,14 @@ def compare_rows(labels: Sequence[str], rounds: Sequence[dict[str, Any]]) -> lis
     for row in rows:
         row["ratio"] = round(row["jobs_per_s"] / base, 3) if base and row["jobs_per_s"] else None
     return rows
+
+
+def _us_per_job(run: dict[str, Any]) -> float | None:
+    """Server CPU microseconds per completed job (all its processes), or None if unknown."""
+    cpu = run.get("server", {}).get("cpu_s")
+    if cpu is None or not run.get("jobs_done"):
+        return None
+    return float(cpu) * 1e6 / run["jobs_done"]
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -128,6 +137,7 @@ def format_compare(rows: Sequence[dict[str, Any]]) -> str:
         "p50 ms",
         "p99 ms",
         "server cores",
+        "server CPU us/job",
         "loadgen cores",
         "errors",
     )
@@ -141,6 +151,7 @@ def format_compare(rows: Sequence[dict[str, Any]]) -> str:
             _fmt(r["p50_ms"], ".3f"),
             _fmt(r["p99_ms"], ".3f"),
             _fmt(r["server_cores"], ".2f"),
+            _fmt(r["server_us_per_job"], ".1f"),
             _fmt(r["loadgen_cores"], ".2f"),
             str(r["errors"]),
         )
@@ -168,7 +179,7 @@ def scaling_grid(rows: Sequence[dict[str, Any]]) -> dict[tuple[int, int], float 
     grid: dict[tuple[int, int], float | None] = {}
     for r in rows:
         label = r["server"]
-        if label.startswith("shardgear-") and "x" in label:
+        if label.startswith("shardgear-") and "x" in label and "+" not in label:
             f, _, s = label.removeprefix("shardgear-").partition("x")
             grid[(int(f), int(s))] = r["jobs_per_s"]
     return grid

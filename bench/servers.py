@@ -3,7 +3,8 @@
 Specs:
 * ``gearmand`` or ``gearmand:T``: start gearmand (``--threads T``, default 2);
 * ``shardgear`` or ``shardgear:FxS``: start ``python -m shardgear`` (default flags, or F fronts and
-  S shards);
+  S shards); ``+tls`` after either (``shardgear:2x2+tls``): the load goes over mutual TLS to a TLS
+  port of its own, with throw-away certificates (`bench.tlsfiles`);
 * ``host:port`` or ``host:port@PID,PID``: a server that is already running (give its pids to get its
   CPU and memory; a pid stands for the process and all its descendants).
 
@@ -14,6 +15,7 @@ still alive (seen before the SIGTERM) gets SIGKILL too.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import shlex
 import shutil
@@ -27,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from bench import procstats
+from bench import procstats, tlsfiles
 from bench.config import parse_target
+from bench.tlsfiles import TLSFiles
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_GEARMAND = "/usr/sbin/gearmand"
@@ -46,9 +49,13 @@ class ServerSpec:
     host: str = "127.0.0.1"
     port: int = 0
     pids: tuple[int, ...] = ()
+    tls: bool = False
 
 
 def parse_spec(text: str) -> ServerSpec:
+    if text.startswith("shardgear") and text.endswith("+tls"):
+        plain = parse_spec(text[: -len("+tls")])
+        return dataclasses.replace(plain, label=plain.label + "+tls", tls=True)
     name, _, arg = text.partition(":")
     if name == "gearmand":
         threads = int(arg) if arg else 2
@@ -99,6 +106,8 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
     given_pids: tuple[int, ...] = field(default_factory=tuple)
+    tls_port: int = 0  # the port the load goes to when the spec asks for TLS
+    tls: TLSFiles | None = None
 
     @property
     def label(self) -> str:
@@ -106,7 +115,14 @@ class Server:
 
     @property
     def target(self) -> tuple[str, int]:
-        return self.host, self.port
+        return self.host, self.tls_port or self.port
+
+    def client_tls(self) -> dict[str, str]:
+        """The Load fields of a client of this server (empty: plain text)."""
+        if self.tls is None:
+            return {}
+        t = self.tls
+        return {"tls_ca": t.ca, "tls_cert": t.client_cert, "tls_key": t.client_key}
 
     @property
     def pids(self) -> tuple[int, ...]:
@@ -186,6 +202,15 @@ def start(
         state_dir = tempfile.mkdtemp(prefix="bench-state-")
         atexit.register(shutil.rmtree, state_dir, True)
         cmd += ["--state-dir", state_dir]
+    tls: TLSFiles | None = None
+    tls_port = 0
+    if spec.tls:
+        tls_dir = tempfile.mkdtemp(prefix="bench-tls-")
+        atexit.register(shutil.rmtree, tls_dir, True)
+        tls = tlsfiles.make(tls_dir)
+        tls_port = free_port()
+        cmd += ["--tls-cert", tls.server_cert, "--tls-key", tls.server_key, "--tls-ca", tls.ca]
+        cmd += ["--tls-port", str(tls_port), "--tls-listen", "127.0.0.1"]
     log = tempfile.TemporaryFile(  # noqa: SIM115 (closed by Server.stop)
         prefix=f"bench-{spec.label}-"
     )
@@ -198,7 +223,7 @@ def start(
     except OSError as e:
         log.close()
         raise RuntimeError(f"{spec.label}: cannot start {cmd[0]}: {e}") from e
-    server = Server(spec, "127.0.0.1", port, proc=proc, log=log)
+    server = Server(spec, "127.0.0.1", port, proc=proc, log=log, tls_port=tls_port, tls=tls)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -61,6 +61,34 @@ LEVEL_NAMES: Final = {
 }
 
 
+#: The name an access rule knows each command by (``access.READ_ONLY`` / ``STATE_CHANGING``).
+COMMAND_NAMES: Final = {
+    admin.AdminCommand.STATUS: "status",
+    admin.AdminCommand.PRIORITY_STATUS: "prioritystatus",
+    admin.AdminCommand.WORKERS: "workers",
+    admin.AdminCommand.VERSION: "version",
+    admin.AdminCommand.GETPID: "getpid",
+    admin.AdminCommand.VERBOSE: "verbose",
+    admin.AdminCommand.MAXQUEUE: "maxqueue",
+    admin.AdminCommand.SHOW_JOBS: "show jobs",
+    admin.AdminCommand.SHOW_UNIQUE_JOBS: "show unique jobs",
+    admin.AdminCommand.CANCEL_JOB: "cancel job",
+    admin.AdminCommand.CREATE_FUNCTION: "create function",
+    admin.AdminCommand.DROP_FUNCTION: "drop function",
+    admin.AdminCommand.SHUTDOWN: "shutdown",
+    admin.AdminCommand.SHOW_FUNCTIONS: "show functions",
+    admin.AdminCommand.SHOW_RETRIES: "show retries",
+    admin.AdminCommand.SHOW_DEAD_JOBS: "show dead jobs",
+    admin.AdminCommand.SHOW_DEAD_JOB: "show dead job",
+    admin.AdminCommand.SHOW_DEAD_FUNCTIONS: "show dead functions",
+    admin.AdminCommand.REPLAY_DEAD: "replay dead",
+    admin.AdminCommand.DELETE_DEAD: "delete dead",
+    admin.AdminCommand.SHOW_SCHEDULES: "show schedules",
+    admin.AdminCommand.REMOVE_SCHEDULE: "remove schedule",
+    admin.AdminCommand.UNKNOWN: "unknown",
+}
+
+
 class AdminCommands:
     """The admin commands of one front."""
 
@@ -76,6 +104,10 @@ class AdminCommands:
             return
         C = admin.AdminCommand
         c, args = cmd.command, cmd.args
+        denial = front.security.admin_denial(conn, COMMAND_NAMES[c])
+        if denial is not None:
+            front.reply(conn, denial)
+            return
         shards = front.shards
         if c is C.STATUS:
             self.ask_shards(conn, {"cmd": "status"}, _finish_status)

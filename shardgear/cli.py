@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         metavar="FILE",
         help="TOML config file: every flag has a key of the same name (flags override it), "
-        'plus per-function settings in [functions."NAME"] tables; SIGHUP re-reads it',
+        'plus per-function settings in [functions."NAME"] tables and access rules in [access]; '
+        "SIGHUP re-reads it",
     )
     p.add_argument(
         "--check-config",
@@ -211,6 +212,64 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR:PORT",
         help="serve Prometheus metrics over HTTP on ADDR:PORT, e.g. 127.0.0.1:9730 "
         "(default: off)",
+    )
+    setting(
+        "--tls-cert",
+        metavar="FILE",
+        help="the server's certificate chain (PEM); turns TLS on (TLS 1.2 and later): on "
+        "--port, or with --tls-port on a port of its own",
+    )
+    setting("--tls-key", metavar="FILE", help="its private key (default: in --tls-cert)")
+    setting(
+        "--tls-ca",
+        metavar="FILE",
+        help="CA certificates (PEM) that sign client certificates; with it, a client must "
+        "present one they signed",
+    )
+    setting(
+        "--tls-client-cert",
+        metavar="required|optional|none",
+        help="client certificates: required (the default with --tls-ca), optional (verified "
+        "when sent), none (the default without --tls-ca)",
+    )
+    setting(
+        "--tls-port",
+        metavar="N",
+        help="serve TLS on a port of its own beside the plain-text --port (default: 0 = TLS on "
+        "--port itself)",
+    )
+    setting(
+        "--tls-listen",
+        metavar="ADDR",
+        help="address of the --tls-port listener (default: every interface)",
+    )
+    setting(
+        "--tls-handshake-timeout",
+        metavar="SECONDS",
+        help="a client that has not finished its TLS handshake by then is cut (default: 10)",
+    )
+    setting(
+        "--max-connections", metavar="N", help="connections in total (default: 65536; 0 = no limit)"
+    )
+    setting(
+        "--max-connections-per-peer",
+        metavar="N",
+        help="connections from one peer address (default: 4096; 0 = no limit)",
+    )
+    setting(
+        "--max-functions",
+        metavar="N",
+        help="functions the server knows (default: 100000; 0 = no limit)",
+    )
+    setting(
+        "--max-function-name",
+        metavar="BYTES",
+        help="longest function name (default: 512, libgearman's; 0 = no limit)",
+    )
+    setting(
+        "--max-queued-bytes",
+        metavar="BYTES",
+        help="payload bytes of one function's jobs, queued or running (default: 1G; 0 = no limit)",
     )
     p.add_argument(
         "-V",

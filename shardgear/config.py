@@ -142,6 +142,28 @@ class Config:
     http_threads: int = 64  # requests the HTTP process serves at once (a foreground one waits)
     config_file: str = ""  # the TOML file the settings came from ("" = flags only)
     functions: tuple[FunctionRule, ...] = ()  # the config file's [functions."PATTERN"] tables
+    # TLS (tls.py): a certificate turns it on, on the main listener, or with tls_port on a
+    # listener of its own beside the plain one
+    tls_cert: str = ""
+    tls_key: str = ""  # "" = the key is in tls_cert
+    tls_ca: str = ""  # CAs that sign client certificates
+    tls_client_cert: str = ""  # required | optional | none; "" = required with a CA, else none
+    tls_listen: str = ""  # the TLS listener's address when tls_port is set ("" = every interface)
+    tls_port: int = 0  # 0 = TLS on --listen/--port itself
+    tls_handshake_timeout: float = 10.0
+    # access rules (access.py): the config file's [access] table, checked and normalized
+    access: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # limits against abuse (limits.py)
+    max_connections: int = 65536  # in total; 0 = no limit
+    max_connections_per_peer: int = 4096  # per peer address; 0 = no limit
+    max_functions: int = 100_000  # functions known to the server
+    max_function_name: int = 512  # bytes (gearmand's GEARMAN_FUNCTION_MAX_SIZE)
+    max_queued_bytes: int = 1024 * MIB  # payload bytes of the jobs of one function; 0 = no limit
+
+    @property
+    def tls(self) -> bool:
+        """True if a TLS listener is configured."""
+        return bool(self.tls_cert)
 
     @property
     def legacy_store_path(self) -> str:

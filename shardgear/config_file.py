@@ -22,9 +22,10 @@ Per-function settings live in one table per function name or glob pattern::
 
 A function takes each setting from the table of its exact name when that table sets it, else from
 the first glob table (in file order) that matches the name and sets it. Keys of a function table are
-`FUNCTION_KEYS` (``maxqueue``, ``retry``); adding a per-function setting (issue 8's access rules)
-is one field in ``config.FunctionSettings`` and one parser there. Other top-level tables (``[tls]``,
-``[http]``, ...) get a `TABLES` entry of their own.
+`FUNCTION_KEYS` (``maxqueue``, ``retry``); adding a per-function setting is one field in
+``config.FunctionSettings`` and one parser there. Other top-level tables get a `TABLES` entry of
+their own: ``[access]`` (identities and access rules, checked by ``access.parse_table``; see the
+README's "Security" section) is one.
 
 Errors
 ======
@@ -50,6 +51,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from shardgear import access, tls
 from shardgear.config import (
     LOG_FORMATS,
     LOG_LEVELS,
@@ -259,9 +261,23 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("metrics", "metrics", listen_address),
     Setting("http", "http", listen_address),
     Setting("http-threads", "http_threads", int_range(1, 10_000)),
+    # TLS (tls.py); a change needs a restart: listeners and contexts are made at start
+    Setting("tls-cert", "tls_cert", text),
+    Setting("tls-key", "tls_key", text),
+    Setting("tls-ca", "tls_ca", text),
+    Setting("tls-client-cert", "tls_client_cert", choice(*tls.CLIENT_CERT_MODES)),
+    Setting("tls-listen", "tls_listen", text),
+    Setting("tls-port", "tls_port", int_range(0, 65535)),
+    Setting("tls-handshake-timeout", "tls_handshake_timeout", seconds),
+    # limits against abuse (limits.py); 0 = no limit
+    Setting("max-connections", "max_connections", int_range(0)),
+    Setting("max-connections-per-peer", "max_connections_per_peer", int_range(0)),
+    Setting("max-functions", "max_functions", int_range(0)),
+    Setting("max-function-name", "max_function_name", int_range(0)),
+    Setting("max-queued-bytes", "max_queued_bytes", size(0)),
 )
 BY_KEY: Final = {s.key: s for s in SETTINGS}
-RELOADABLE: Final = frozenset(s.field for s in SETTINGS if s.reload) | {"functions"}
+RELOADABLE: Final = frozenset(s.field for s in SETTINGS if s.reload) | {"functions", "access"}
 
 #: Keys of a ``[functions."PATTERN"]`` table -> parser; each is a field of FunctionSettings.
 FUNCTION_KEYS: Final[dict[str, Callable[[Any], Any]]] = {
@@ -270,7 +286,7 @@ FUNCTION_KEYS: Final[dict[str, Callable[[Any], Any]]] = {
 }
 
 #: Top-level tables -> parser of the table (gets the table and a `_KeyLines` for errors).
-TABLES: Final = ("functions",)
+TABLES: Final = ("functions", "access")
 
 
 # ------------------------------------------------------------------------------ reading a file
@@ -306,6 +322,12 @@ def load_file(path: str) -> tuple[dict[str, Any], tuple[FunctionRule, ...]]:
     for key, value in data.items():
         if key == "functions":
             rules = _function_rules(value, fail)
+            continue
+        if key == "access":  # identities and access rules: access.py checks the table
+            try:
+                values["access"] = access.parse_table(value)
+            except ValueError as exc:
+                raise fail(_access_path(str(exc)), str(exc)) from None
             continue
         setting = BY_KEY.get(key)
         if setting is None:
@@ -447,7 +469,8 @@ def _path_of(assignment: str) -> tuple[str, ...]:
 
 def build_config(path: str | None, flags: Mapping[str, Any]) -> Config:
     """The Config of config file `path` (None: no file) overridden by `flags` (Config field ->
-    value, parsed already). Raises ConfigError for a bad file."""
+    value, parsed already). Raises ConfigError for a bad file, or for settings that do not go
+    together (`check_tls`)."""
     values: dict[str, Any] = {}
     if path:
         file_values, rules = load_file(path)
@@ -455,7 +478,29 @@ def build_config(path: str | None, flags: Mapping[str, Any]) -> Config:
         values["functions"] = rules
         values["config_file"] = os.path.abspath(path)
     values.update(flags)
-    return Config(**values)
+    config = Config(**values)
+    check_tls(config)
+    return config
+
+
+def check_tls(config: Config) -> None:
+    """Refuse TLS settings that cannot work: a TLS port without a certificate, a client-certificate
+    mode that needs a CA without one, files that do not load (the context is built once here, so
+    the error comes at start, not at the first connection). Raises ConfigError."""
+    if config.tls_port and not config.tls_cert:
+        raise ConfigError("tls-port needs tls-cert")
+    if not config.tls_cert:
+        return
+    try:
+        tls.server_context(config.tls_cert, config.tls_key, config.tls_ca, config.tls_client_cert)
+    except tls.TLSConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _access_path(message: str) -> tuple[str, ...]:
+    """The key path at the start of an access.parse_table error, for its line number."""
+    where = message.split(":", 1)[0]
+    return tuple(part.strip('"') for part in re.findall(r'"[^"]*"|[^.]+', where))
 
 
 def reload_changes(running: Config, new: Config) -> tuple[Config, list[str]]:
@@ -474,4 +519,5 @@ def reload_changes(running: Config, new: Config) -> tuple[Config, list[str]]:
         else:
             restart.append(setting.key)
     applied["functions"] = new.functions
+    applied["access"] = new.access
     return dataclasses.replace(running, **applied), restart

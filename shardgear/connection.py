@@ -13,8 +13,9 @@ import collections
 import socket
 from typing import Any, Final
 
+from shardgear.access import Rights
 from shardgear.proto.parser import Parser
-from shardgear.sockets import peer_ip
+from shardgear.tls import TLSStream
 
 Pending = list[Any]
 """A reply owed to a connection, filled by a shard's reply (matched by seq) or a gather: a plain
@@ -43,11 +44,13 @@ class Conn:
         "grab_order",
         "id",
         "ip",
+        "names",
         "noop_sent",
         "out",
         "out_bytes",
         "parser",
         "pending",
+        "rights",
         "rr",
         "seq",
         "shards_used",
@@ -56,11 +59,18 @@ class Conn:
         "want_write",
     )
 
-    def __init__(self, conn_id: int, sock: socket.socket, parser: Parser, exceptions: bool) -> None:
+    def __init__(
+        self,
+        conn_id: int,
+        sock: socket.socket | TLSStream,
+        parser: Parser,
+        exceptions: bool,
+        ip: str,
+    ) -> None:
         self.id = conn_id
         self.sock = sock
         self.fd = sock.fileno()
-        self.ip = peer_ip(sock)
+        self.ip = ip  # the peer's address as text (`sockets.address_text`)
         self.parser = parser
         self.closed = False  # set once by Front.close; nothing is sent or owed after that
         self.out: list[bytes | memoryview] = []
@@ -78,3 +88,5 @@ class Conn:
         self.noop_sent = False
         self.shards_used = 0  # bit mask of shards that may hold state for this connection
         self.want_write = False
+        self.names: tuple[str, ...] = ()  # the names its verified TLS client certificate proves
+        self.rights: Rights | None = None  # its access decisions; None: nothing is restricted

@@ -32,6 +32,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -40,10 +41,12 @@ from zlib import crc32
 import orjson
 
 from shardgear import grab, logs, messages, routing
+from shardgear.access import SUBMIT, WORK
 from shardgear.admin_commands import AdminCommands
 from shardgear.config import Config
 from shardgear.connection import E_DATA, E_SEQ, E_SHARD, Conn
 from shardgear.front_recovery import ShardRestarts
+from shardgear.front_security import FrontSecurity
 from shardgear.gather import Gathers
 from shardgear.instance import Instance
 from shardgear.live_config import SettingsReader
@@ -64,8 +67,9 @@ from shardgear.shm.channel import Receiver, Sender
 from shardgear.shm.doorbell import announce_sleep, awake, fence
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
-from shardgear.sockets import listeners
+from shardgear.sockets import address_text, listeners
 from shardgear.stats import ChildStats
+from shardgear.tls import TLSStream
 
 log = logging.getLogger("shardgear.front")
 # Connections closed for a protocol error: WARNING, but a flood of them cannot fill the disk.
@@ -161,6 +165,7 @@ class Front:
         # our own SO_REUSEPORT socket, or the ones systemd passed (socket activation)
         self.listeners: list[socket.socket] = listeners(config.listen, config.port, config.backlog)
         self.epoll = select.epoll()
+        self.security = FrontSecurity(self, config)
         self.running = True
         self.accepting = True
         self.paused = False
@@ -224,12 +229,15 @@ class Front:
         for fd in listening:
             self.epoll.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
         self.epoll.register(self.my_bell, EPOLLIN)
+        self.security.start()
         for s in range(self.shards):
             self.send_shard(s, messages.pack(messages.OP_HELLO, 0, arg=self.index))
         self.flush_shards()
         bell = self.my_bell
         conns = self.conns
         in_rings = [r.ring for r in self.receivers]
+        main_tls = self.security.main_context  # TLS on --port itself, else None
+        handshaking = self.security.handshaking  # fd -> handshake; always empty without TLS
         tick = 0
         if control is not None:
             control[layout.CTRL_PID] = os.getpid()
@@ -239,6 +247,10 @@ class Front:
             deadline = self.gathers.next_deadline()
             if deadline is not None:
                 timeout = max(0.0, min(deadline - time.monotonic(), timeout))
+            if handshaking:  # TLS handshakes in progress: wake up for their deadline
+                deadline = self.security.next_deadline()
+                if deadline is not None:
+                    timeout = max(0.0, min(deadline - time.monotonic(), timeout))
             if not announce_sleep(in_rings):
                 timeout = 0.0  # a shard wrote meanwhile: drain it, do not block
             try:
@@ -253,10 +265,11 @@ class Front:
                     except BlockingIOError:
                         pass
                 elif fd in listening:
-                    self.accept(listening[fd])
+                    self.accept(listening[fd], main_tls)
                 else:
                     conn = conns.get(fd)
                     if conn is None:
+                        self.security.event(fd)  # a TLS listener or handshake
                         continue
                     if ev & EPOLLOUT:
                         self.write(conn)
@@ -265,6 +278,8 @@ class Front:
             self.drain_shards()
             if self.gathers:
                 self.gathers.expire(time.monotonic())
+            if handshaking:
+                self.security.expire(time.monotonic())
             # Requests into the rings before replies onto sockets: a worker that has the reply
             # to its GRAB knows its WORK_COMPLETE before it is in shared memory, which outlives
             # this process.
@@ -292,6 +307,7 @@ class Front:
             generation, self.config = got
             logs.set_level(self.config.log_level)
             self.output_limit = self.config.output_limit
+            self.security.apply_access(self.config.access)
             control[layout.CTRL_SETTINGS] = generation
 
     def install_signals(self, early: list[int]) -> None:
@@ -311,10 +327,12 @@ class Front:
 
     def stop_accepting(self) -> None:
         for sock in self.listeners:
-            self.accept(sock)  # connections already queued on the listener are served, not reset
+            # connections already queued on the listener are served, not reset
+            self.accept(sock, self.security.main_context)
             self.epoll.unregister(sock.fileno())
             sock.close()
         self.listeners = []
+        self.security.stop_accepting()
 
     def shutdown(self) -> None:
         for conn in list(self.conns.values()):
@@ -329,34 +347,60 @@ class Front:
         self.flush_shards()
         for sock in self.listeners:
             sock.close()
+        self.security.shutdown()
         for seg in self.segments:
             seg.close()
 
     # ----------------------------------------------------------- connections
 
-    def accept(self, listener: socket.socket) -> None:
+    def accept(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
+        """Accept what is queued on `listener`; with `tls`, each starts a TLS handshake."""
         for _ in range(256):
             try:
-                sock, _addr = listener.accept()
+                sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     log.error("cannot accept a connection: %s", exc)
                 return
+            ip = address_text(addr)
+            if not self.security.admit(ip):  # connection limits
+                sock.close()
+                continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.next_conn += 1
-            conn = Conn(
-                self.next_conn,
-                sock,
-                Parser(max_packet_size=self.config.max_packet_size),
-                self.config.exceptions,
-            )
-            self.conns[conn.fd] = conn
-            self.by_id[conn.id] = conn
+            if tls is not None:
+                self.security.start_tls(tls, sock, ip)
+            else:
+                self.add_conn(sock, ip)
+
+    def add_conn(
+        self,
+        sock: socket.socket | TLSStream,
+        ip: str,
+        names: tuple[str, ...] = (),
+        registered: bool = False,
+    ) -> None:
+        """Serve an accepted socket (a TLS one once its handshake is done: `registered` with
+        epoll already) from peer address `ip`, with certificate `names`."""
+        self.next_conn += 1
+        conn = Conn(
+            self.next_conn,
+            sock,
+            Parser(max_packet_size=self.config.max_packet_size),
+            self.config.exceptions,
+            ip,
+        )
+        conn.names = names
+        conn.rights = self.security.rights_for(ip, names)
+        self.conns[conn.fd] = conn
+        self.by_id[conn.id] = conn
+        if registered:
+            self.epoll.modify(conn.fd, EPOLLIN)
+        else:
             self.epoll.register(conn.fd, EPOLLIN)
-            self.stats.block[layout.ST_ACCEPTED] += 1
+        self.stats.block[layout.ST_ACCEPTED] += 1
 
     def close(self, conn: Conn) -> None:
         """Forget a connection and tell every shard that may hold state for it. Idempotent.
@@ -376,6 +420,7 @@ class Front:
         except OSError:
             pass
         conn.sock.close()
+        self.security.release(conn)
         mask = conn.shards_used
         s = 0
         while mask:
@@ -417,7 +462,7 @@ class Front:
             kind = _KIND[ptype]
             if kind == _K_SUBMIT:  # as on_submit
                 end = body.find(b"\0")
-                if end >= 0:
+                if end >= 0 and conn.rights is None:  # else on_submit checks the access rules
                     shard = 0 if nshards == 1 else crc32(body[:end]) % nshards
                     conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
                     conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None])
@@ -698,6 +743,9 @@ class Front:
             if len(parts) < 4 or not fits_int64(parts[2]):
                 self.protocol_close(conn, "bad epoch")
                 return
+        if conn.rights is not None and not conn.rights.may_submit(body[:end]):
+            self.security.deny(conn, SUBMIT, body[:end])
+            return
         self.forward_for_reply(conn, routing.shard_for(body[:end], self.shards), ptype, body)
 
     def on_grab(self, conn: Conn, ptype: int, body: bytes) -> None:
@@ -739,6 +787,9 @@ class Front:
                 self.protocol_close(conn, "bad CAN_DO_TIMEOUT")
                 return
             timeout = body
+        if conn.rights is not None and not conn.rights.may_work(func):
+            self.security.deny(conn, WORK, func)
+            return
         old = conn.abilities.get(func)
         if old is not None and old[2] == timeout:
             return  # already registered: gearmand would count a second registration
@@ -778,11 +829,17 @@ class Front:
         if shard is None:
             self.reply(conn, response(P.STATUS_RES, body, b"0", b"0", b"0", b"0"))
             return
+        if conn.rights is not None and self.security.status_restricted:
+            self.security.get_status(conn, body, shard)
+            return
         self.forward_for_reply(conn, shard, ptype, body)
 
     def on_get_status_unique(self, conn: Conn, ptype: int, body: bytes) -> None:
         if len(body) >= 65:
             self.protocol_close(conn, "GET_STATUS_UNIQUE unique too long")
+            return
+        if conn.rights is not None and self.security.status_restricted:
+            self.security.get_status_unique(conn, body)
             return
 
         def finish(parts: list[Any]) -> bytes:

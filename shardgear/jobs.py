@@ -181,6 +181,7 @@ class Function:
         "name",
         "nready",
         "payloads",
+        "qbytes",
         "queues",
         "ready",
         "retry",
@@ -207,6 +208,7 @@ class Function:
         self.payloads: dict[bytes, Job] = {}
         # the retry policy of the config file's tables for this function (None: gearmand's rules)
         self.retry: RetryPolicy | None = None
+        self.qbytes = 0  # payload bytes of its jobs (queued, future, running): max-queued-bytes
 
     @property
     def total(self) -> int:

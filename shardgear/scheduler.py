@@ -96,6 +96,7 @@ from .jobs import (
     Worker,
     add_client,
 )
+from .limits import ERR_QUEUED_BYTES, FunctionLimits
 from .messages import HEADER, OP_CLOSE, OP_EXCEPTION, OP_REPLY, OP_SEND, OP_WAKE, front_of
 from .proto.numbers import atou32, strtoll
 from .proto.packets import RES_MAGIC, PacketType, error_packet, response
@@ -204,6 +205,7 @@ class Scheduler:
         metrics: JobMetrics | None = None,
         dead_letters: DeadLetters | None = None,
         rng: random.Random | None = None,
+        limits: FunctionLimits | None = None,
     ) -> None:
         if not 0 <= shard_index < shard_count:
             raise ValueError("shard_index must be in [0, shard_count)")
@@ -232,6 +234,8 @@ class Scheduler:
         # retry policy) when created
         self._on_new_function = on_new_function
         self._metrics = metrics  # hook: per-function counters (stats.py), None = metrics off
+        self._limits = limits or FunctionLimits()
+        self._max_bytes = self._limits.max_queued_bytes
         self._functions: dict[bytes, Function] = {}
         self._jobs: dict[bytes, Job] = {}
         self._workers: dict[int, Worker] = {}
@@ -487,6 +491,10 @@ class Scheduler:
             return
         f = self._functions.get(name)
         if f is None:
+            refused = self._limits.refuse_function(name, len(self._functions))
+            if refused is not None:
+                self._send(conn, refused)
+                return
             f = self._function(name)
         job = self._lookup(f, unique, data) if unique else None
         if job is not None:  # coalesce
@@ -507,6 +515,9 @@ class Scheduler:
         limit = f.maxq[prio]
         if limit > 0 and f.total >= limit:
             self._send(conn, _ERR_QUEUE_FULL)
+            return
+        if self._max_bytes and f.qbytes + len(data) > self._max_bytes:
+            self._send(conn, ERR_QUEUED_BYTES)
             return
         n = self._next_n
         handle = self._prefix + b"%d" % n
@@ -540,6 +551,7 @@ class Scheduler:
     def _insert(self, job: Job, when: float, now: float) -> None:
         """Index a new job and queue it (or hold it until `when`)."""
         self._jobs[job.handle] = job
+        job.fn.qbytes += len(job.data)
         unique = job.unique
         if unique == b"-":
             if job.data:
@@ -658,12 +670,16 @@ class Scheduler:
                 self._close(conn)
                 return
             timeout = tv
+        f = self._functions.get(name)
+        if f is None:
+            refused = self._limits.refuse_function(name, len(self._functions))
+            if refused is not None:
+                self._send(conn, refused)
+                return
+            f = self._function(name)
         w = self._workers.get(conn)
         if w is None:
             w = self._workers[conn] = Worker(conn)
-        f = self._functions.get(name)
-        if f is None:
-            f = self._function(name)
         if f not in w.funcs:
             f.workers[conn] = w
             if w.sleeping and not w.woken:
@@ -1093,7 +1109,8 @@ class Scheduler:
     def _forget(self, job: Job) -> None:
         """Remove a job that is in no queue and held by no worker from every index."""
         job.state = GONE
-        self._jobs.pop(job.handle, None)
+        if self._jobs.pop(job.handle, None) is not None:
+            job.fn.qbytes -= len(job.data)
         if job.ukind:
             self._unindex(job)
         if job.clients:

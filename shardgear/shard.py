@@ -42,6 +42,7 @@ from shardgear.deadset import DeadSet
 from shardgear.function_settings import FunctionSettingsApplier
 from shardgear.instance import Instance
 from shardgear.joblog import JobLog, read_log
+from shardgear.limits import FunctionLimits
 from shardgear.live_config import SettingsReader
 from shardgear.messages import HEADER
 from shardgear.proto.packets import NO_JOB_PACKET, PacketType
@@ -151,6 +152,12 @@ class Shard:
             metrics=self.function_stats,
             dead_letters=self.dead,
             rng=random.Random(),
+            limits=FunctionLimits(
+                config.max_functions,
+                config.max_function_name,
+                config.max_queued_bytes,
+                config.shards,
+            ),
         )
 
     def _owns(self, func: bytes) -> bool:

@@ -39,6 +39,10 @@ def answer(sched: Scheduler, request: dict[str, Any], log: Any = None) -> Any:
         return [json_text(u) for u in show_unique_jobs(sched)]
     if cmd == "status_unique":
         return sched.status_unique(json_bytes(request["unique"]))
+    if cmd == "job_status":
+        return job_status(sched, json_bytes(request["handle"]))
+    if cmd == "status_unique_function":
+        return status_unique_function(sched, json_bytes(request["unique"]))
     if cmd == "cancel_job":
         return cancel_job(sched, json_bytes(request["handle"]))
     if cmd == "drop_function":
@@ -113,6 +117,30 @@ def show_unique_jobs(sched: Scheduler) -> list[bytes]:
     return [j.unique for j in sched.jobs()]
 
 
+def job_status(sched: Scheduler, handle: bytes) -> list[Any] | None:
+    """GET_STATUS with the job's function (for status access rules): [function, 1, running 0/1,
+    numerator, denominator], or None if there is no such job."""
+    job = sched.job(handle)
+    if job is None:
+        return None
+    return [json_text(job.fn.name), 1, int(job.state == RUNNING), job.num, job.den]
+
+
+def status_unique_function(sched: Scheduler, unique: bytes) -> list[Any] | None:
+    """GET_STATUS_UNIQUE with the job's function: [function, 1, running 0/1, numerator,
+    denominator, waiting clients] of the first job with `unique`, or None."""
+    st = sched.status_unique(unique)
+    if st is None:
+        return None
+    for f in sched.functions():
+        job = f.uniques.get(unique)
+        if job is None and unique == b"-" and f.payloads:
+            job = next(iter(f.payloads.values()))
+        if job is not None:
+            return [json_text(f.name), *st]
+    return None
+
+
 # ---------------------------------------------------------------------------- commands
 
 
@@ -154,16 +182,18 @@ def create_function(sched: Scheduler, func: bytes) -> None:
 
 def drop_function(sched: Scheduler, func: bytes) -> str:
     """``drop function`` (name matched case-insensitively, as gearmand): "ok", "busy" while
-    workers are registered or jobs run, "missing". Queued jobs are failed and unstored."""
+    workers are registered or the function has jobs (queued, scheduled or running), "missing".
+
+    It never destroys a job: gearmand refuses only while workers are registered or jobs run, and
+    then deletes the queued jobs from memory (its store keeps them); shardgear refuses while any
+    job is left, so a dropped function never had one to lose."""
     low = func.lower()
     for f in sched.functions():
         if f.name.lower() == low:
             break
     else:
         return "missing"
-    if f.workers or f.running:
+    if f.workers or f.total:  # total: queued, scheduled and running jobs (cancelled ones too)
         return "busy"
-    for job in [j for j in sched.jobs() if j.fn is f]:
-        sched._drop(job)
     sched._functions.pop(f.name, None)
     return "ok"

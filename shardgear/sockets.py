@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Final
+from typing import Any, Final
 
 #: Environment variable through which the supervisor gives its fronts the inherited sockets
 #: (comma-separated file descriptors, passed with pass_fds).
@@ -61,10 +61,11 @@ def _bind(
     return sock
 
 
-def peer_ip(sock: socket.socket) -> str:
-    """Return the peer's IP address as text, IPv4-mapped IPv6 addresses shown as IPv4."""
-    try:
-        ip = str(sock.getpeername()[0])
-    except OSError:
+def address_text(addr: Any) -> str:
+    """The IP address of an accepted socket's address (`socket.accept`'s second value) as text,
+    IPv4-mapped IPv6 shown as IPv4; "-" for an address with no IP (a Unix socket passed by
+    socket activation)."""
+    if not isinstance(addr, tuple) or not addr:
         return "-"
+    ip = str(addr[0])
     return ip[7:] if ip.startswith("::ffff:") else ip

@@ -65,6 +65,7 @@ from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment, pid_alive, sweep_stale
 from shardgear.sockets import LISTEN_FDS_ENV
 from shardgear.systemd import Notifier, listen_fds
+from shardgear.tls import tls_summary
 
 if TYPE_CHECKING:  # imported when --metrics is on (prometheus_client takes a while to load)
     from shardgear.metrics import Process, RingUse
@@ -304,10 +305,11 @@ class Supervisor:
             where = f"{where}:{self.config.port}"
         log.log(
             logs.NOTICE,
-            "shardgear %s (%s) ready on %s with %d fronts and %d shards (pid %d) in %.3f s",
+            "shardgear %s (%s) ready on %s%s with %d fronts and %d shards (pid %d) in %.3f s",
             __version__,
             build_info.describe(),
             where,
+            tls_summary(self.config),
             self.config.fronts,
             self.config.shards,
             os.getpid(),

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -71,8 +72,10 @@ class Server:
         target: str | None = None,
         env: dict[str, str] | None = None,
         pass_fds: tuple[int, ...] = (),
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = "127.0.0.1"
+        self.tls = tls  # the readiness check's client context when the port speaks TLS
         self.extra_args = extra_args
         self.target = target or TARGET  # the run's target unless a test needs a given one
         self.port = self.fixed_port = port  # a fixed port: a restart of an earlier server
@@ -176,7 +179,10 @@ class Server:
                     + self.stderr_text()
                 )
             try:
-                with socket.create_connection((self.host, self.port), timeout=1.0) as s:
+                with socket.create_connection((self.host, self.port), timeout=1.0) as plain:
+                    s = plain
+                    if self.tls is not None:
+                        s = self.tls.wrap_socket(plain, server_hostname="localhost")
                     s.settimeout(max(0.1, min(2.0, deadline - time.monotonic())))
                     s.sendall(b"version\n")
                     reply = b""

@@ -7,6 +7,7 @@ Self-contained on purpose (socket + struct only): it must not share code with th
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Iterable
@@ -125,11 +126,20 @@ class ConnectionClosed(Exception):
 class Conn:
     """One blocking TCP connection to the server."""
 
-    def __init__(self, address: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self, address: str, timeout: float = 5.0, tls: ssl.SSLContext | None = None
+    ) -> None:
         host, _, port = address.rpartition(":")
         self.address = address
-        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname="localhost")
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
         self.buf = bytearray()
 
     # -- sending ---------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def test_every_flag_has_a_key_and_every_key_a_flag() -> None:
     assert dests == {s.field for s in SETTINGS}
     flags = {o[2:] for a in build_parser()._actions for o in a.option_strings if o[:2] == "--"}
     assert {s.key for s in SETTINGS} <= flags
-    assert {s.field for s in SETTINGS} | {"functions", "config_file"} == set(
+    assert {s.field for s in SETTINGS} | {"functions", "config_file", "access"} == set(
         Config.__dataclass_fields__
     )
 
@@ -169,3 +169,51 @@ def test_flags_only_records_the_given_flags() -> None:
     path, flags, check = parse_args(["--port", "1", "--log-level", "debug"])
     assert path is None and not check
     assert flags == {"port": 1, "log_level": "debug"}
+
+
+ACCESS = """\
+port = 5000
+max-connections-per-peer = 100
+
+[access]
+admins = ["loopback", "ops-*"]
+
+[access.functions."resize_*"]
+submit = ["web-*", "10.0.0.0/8"]
+work = ["worker-*"]
+"""
+
+
+def test_the_access_table_is_checked_and_reloads(tmp_path: Path) -> None:
+    config = build_config(write(tmp_path, ACCESS), {})
+    assert config.max_connections_per_peer == 100
+    assert config.access == {
+        "admins": ["loopback", "ops-*"],
+        "functions": {"resize_*": {"submit": ["web-*", "10.0.0.0/8"], "work": ["worker-*"]}},
+    }
+    assert Config.from_json_dict(config.to_json_dict()) == config
+    new = build_config(write(tmp_path, ACCESS.replace('"ops-*"', '"ops-1"')), {})
+    running, restart = reload_changes(config, new)
+    assert running.access["admins"] == ["loopback", "ops-1"] and restart == []
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[access]\nadmins = ["10.0.0.0/99"]\n', ":2: access.admins: '10.0.0.0/99' is not"),
+        ('[access]\n\n[access.functions."f"]\nread = ["x"]\n', ':4: access.functions."f".read:'),
+        ("[access]\nbogus = 1\n", ":2: access.bogus: unknown key 'bogus'"),
+    ],
+)
+def test_a_bad_access_table_names_the_line(tmp_path: Path, text: str, where: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_file(write(tmp_path, text))
+    assert where in str(info.value)
+
+
+def test_tls_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="tls-port needs tls-cert"):
+        build_config(write(tmp_path, "tls-port = 4731\n"), {})
+    with pytest.raises(ConfigError, match="cannot load tls-cert"):
+        build_config(write(tmp_path, 'tls-cert = "/nonexistent.pem"\n'), {})
+
