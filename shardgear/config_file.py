@@ -489,6 +489,11 @@ def check_tls(config: Config) -> None:
     the error comes at start, not at the first connection). Raises ConfigError."""
     if config.tls_port and not config.tls_cert:
         raise ConfigError("tls-port needs tls-cert")
+    if config.http and config.tls_cert and not config.tls_port:
+        raise ConfigError(
+            "http needs the plain-text listener (the HTTP process is a loopback client of the "
+            "fronts): with tls-cert, give TLS a port of its own (tls-port)"
+        )
     if not config.tls_cert:
         return
     try:

@@ -54,11 +54,13 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from shardgear import __version__
+from shardgear.access import SUBMIT, AccessPolicy
 from shardgear.gearlink import GearmanLink, LinkError
 from shardgear.http_json import (
     API_PREFIX,
     HttpError,
     JsonApi,
+    client_identity,
     json_reply,
     read_body,
     status_line,
@@ -221,12 +223,26 @@ class MetricsProxy:
 class HttpApi:
     """The WSGI application (see the module docstring). `address` is the Gearman port to use."""
 
-    def __init__(self, address: tuple[str, int], sampler: Sampler | None = None) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        sampler: Sampler | None = None,
+        policy: AccessPolicy | None = None,
+    ) -> None:
         self.address = address
         self.sampler = sampler
-        self.api = JsonApi(address, sampler)
+        self.api = JsonApi(address, sampler, policy)
         self.mounts: list[tuple[str, WSGIApp]] = []
         self._dashboard: bytes | None = None
+
+    @property
+    def policy(self) -> AccessPolicy:
+        """The access rules applied to HTTP clients (``[access]``; replaced on a reload)."""
+        return self.api.policy
+
+    @policy.setter
+    def policy(self, policy: AccessPolicy) -> None:
+        self.api.policy = policy
 
     def mount(self, prefix: str, app: WSGIApp) -> None:
         """Serve `prefix` and everything under it with another WSGI app (the metrics)."""
@@ -272,6 +288,7 @@ class HttpApi:
                 echoed = link.echo(body)
             return _gearman_reply(start_response, 200, None, None, echoed, method == "HEAD")
         if method == "HEAD":
+            self._check_submit(environ, func)
             # gearmand answers a HEAD at JOB_CREATED, without X-Gearman-Command, and the job
             # runs with nobody waiting: a background job here
             with self.link() as link:
@@ -284,6 +301,7 @@ class HttpApi:
             return _gearman_reply(start_response, 405, None, None, b"", False)
         if not func:
             return _gearman_reply(start_response, 404, None, None, b"", False)
+        self._check_submit(environ, func)
         unique = _unique(environ)
         background = environ.get("HTTP_X_GEARMAN_BACKGROUND", "").lower() == "true"
         priority = environ.get("HTTP_X_GEARMAN_PRIORITY", "normal").lower()
@@ -305,6 +323,14 @@ class HttpApi:
         return _gearman_reply(
             start_response, 200, result.handle, result.command, result.data, False
         )
+
+    def _check_submit(self, environ: dict[str, Any], func: bytes) -> None:
+        """The function's ``submit`` rule, for the HTTP client's address (403 if denied): the
+        process submits over loopback, so the fronts cannot tell who asked."""
+        ident = client_identity(environ)
+        if not self.api.policy.allows(ident, SUBMIT, func):
+            name = func.decode("utf-8", "replace")
+            raise HttpError(403, f"{ident} may not submit jobs of function {name}")
 
     # ------------------------------------------------------------------ the dashboard
 

@@ -9,6 +9,13 @@ Names, uniques and payloads are bytes on the server; the JSON carries them as UT
 bytes as U+FFFD), and a dead job's payload also as base64. A call that changes something (POST,
 DELETE) is refused with 403 when a browser sends it from a page of another web origin
 (`check_origin`), so that no other site's page can replay or delete.
+
+Access rules (``access.py``, the config file's ``[access]`` table): the process reaches the
+server over loopback, which the admin rule lets through by default, so it applies the rules to
+its own clients itself, by their address (`JsonApi.policy`, replaced on a reload): a call that
+changes something follows ``admins`` (``replay dead``, ``delete dead``, ``remove schedule``; a
+new schedule is a submission of its function), one that reads follows ``monitors`` under the
+name of the admin command it runs, and a denied call gets 403.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 import orjson
 
 from shardgear import __version__
+from shardgear.access import SUBMIT, AccessPolicy, Identity
 from shardgear.gearlink import GearmanLink, LinkError
 from shardgear.proto.admin import unescape
 
@@ -79,9 +87,15 @@ def status_line(code: int) -> str:
 class JsonApi:
     """The API calls, each over a fresh loopback connection to `address`."""
 
-    def __init__(self, address: tuple[str, int], sampler: History | None = None) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        sampler: History | None = None,
+        policy: AccessPolicy | None = None,
+    ) -> None:
         self.address = address
         self.sampler = sampler
+        self.policy = policy if policy is not None else AccessPolicy()
 
     def link(self) -> GearmanLink:
         try:
@@ -104,6 +118,7 @@ class JsonApi:
         if method in ("POST", "DELETE", "PUT"):
             check_origin(environ)
         head = parts[0].decode("latin-1") if parts else ""
+        self.check_access(environ, method, head, parts, query)
         if method == "GET":
             if head == "":
                 return json_reply(start_response, 200, self.summary())
@@ -122,10 +137,30 @@ class JsonApi:
         elif head == "dead" and method in ("POST", "DELETE"):
             return json_reply(start_response, 200, self.dead_change(method, parts[1:], query))
         elif head == "schedules" and method == "POST" and len(parts) == 1:
-            return json_reply(start_response, 201, self.schedule_add(_json_body(environ)))
+            added = self.schedule_add(_json_body(environ), client_identity(environ))
+            return json_reply(start_response, 201, added)
         elif head == "schedules" and method == "DELETE":
             return json_reply(start_response, 200, self.schedule_remove(parts[1:], query))
         raise HttpError(404 if method in ("GET", "POST", "DELETE") else 405, "no such API call")
+
+    def check_access(
+        self,
+        environ: dict[str, Any],
+        method: str,
+        head: str,
+        parts: list[bytes],
+        query: dict[str, str],
+    ) -> None:
+        """Refuse (403) a call that the access rules do not give the client's address."""
+        if head == "schedules" and method == "POST":  # a submission: `schedule_add` checks
+            return
+        ident = client_identity(environ)
+        command = _COMMANDS.get((method == "GET", head))
+        if command is None and method != "GET" and parts:
+            command = "delete dead" if parts[-1] != b"replay" else "replay dead"
+        if command is not None and not self.policy.admin_allows(ident, command):
+            rule = self.policy.admin_rule(command)
+            raise HttpError(403, f"{ident} may not run {command!r} (allowed: {rule})")
 
     def admin(self, line: bytes, listing: bool = True) -> list[bytes]:
         with self.link() as link:
@@ -364,12 +399,15 @@ class JsonApi:
             )
         return out
 
-    def schedule_add(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST schedules {"function", "unique", "expression": "M H DOM MON DOW", "data"}."""
+    def schedule_add(self, body: dict[str, Any], ident: Identity | None = None) -> dict[str, Any]:
+        """POST schedules {"function", "unique", "expression": "M H DOM MON DOW", "data"}, for
+        `ident` (SUBMIT_JOB_SCHED is a submission: the function's ``submit`` rule)."""
         func = body.get("function")
         expr = body.get("expression")
         if not isinstance(func, str) or not func or not isinstance(expr, str):
             raise HttpError(400, "give function and expression (five crontab fields)")
+        if ident is not None and not self.policy.allows(ident, SUBMIT, func.encode()):
+            raise HttpError(403, f"{ident} may not submit jobs of function {func}")
         fields = expr.split()
         if len(fields) != 5:
             raise HttpError(400, "expression must have five crontab fields")
@@ -456,6 +494,24 @@ def _dead_id(raw: bytes) -> int:
     if not raw.isdigit():
         raise HttpError(404, "dead job ids are numbers")
     return int(raw)
+
+
+#: (a read, the call's first path segment) -> the admin command whose access rule it follows
+_COMMANDS: Final = {
+    (True, ""): "status",
+    (True, "functions"): "show functions",
+    (True, "workers"): "workers",
+    (True, "jobs"): "status",
+    (True, "retries"): "show retries",
+    (True, "dead"): "show dead jobs",
+    (True, "schedules"): "show schedules",
+    (False, "schedules"): "remove schedule",
+}
+
+
+def client_identity(environ: dict[str, Any]) -> Identity:
+    """The HTTP client as the access rules know it: its address (no certificate names)."""
+    return Identity(str(environ.get("REMOTE_ADDR") or "-"))
 
 
 def check_origin(environ: dict[str, Any]) -> None:

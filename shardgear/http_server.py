@@ -13,7 +13,9 @@ event loops. Its ``client_disconnected`` hook lets a request whose client left g
 Besides the listener, the process reads two shared-memory segments, from the sampler's thread
 (`http_api.Sampler`), once a second: the stats segment, whose per-function counters of the
 shards (the same as the metrics') give the dashboard its throughput (`result_totals`), and the
-settings segment, to apply a reload (the log level) and acknowledge it like every child.
+settings segment, to apply a reload (the log level, the access rules) and acknowledge it like
+every child. The access rules (``[access]``) are applied here to HTTP clients by their address
+(`http_json.JsonApi.check_access`): the fronts see only this process's loopback connections.
 
 With ``--metrics`` at the same ADDR:PORT as ``--http`` the two share this listener: the
 supervisor then serves its metrics on loopback only and names that address in
@@ -31,6 +33,7 @@ from typing import NoReturn
 import waitress
 
 from shardgear import logs, stats
+from shardgear.access import AccessPolicy
 from shardgear.config import Config
 from shardgear.gearlink import target_address
 from shardgear.http_api import SERVER_HEADER, HttpApi, MetricsProxy, Sampler
@@ -94,10 +97,12 @@ def run(
                 if got is not None:
                     generation, new = got
                     logs.set_level(new.log_level)
+                    app.policy = AccessPolicy(new.access)
                     control[layout.CTRL_SETTINGS] = generation
 
         sampler = Sampler(lambda: result_totals(reader, config.shards), beat)
-        app = HttpApi(target_address(config.listen, config.port), sampler)
+        address = target_address(config.listen, config.port)
+        app = HttpApi(address, sampler, AccessPolicy(config.access))
         upstream = os.environ.get(METRICS_UPSTREAM_ENV)
         if upstream:
             app.mount("/metrics", MetricsProxy(upstream))
