@@ -75,11 +75,27 @@ READ_ONLY: Final = frozenset(
         "version",
         "getpid",
         "verbose",
+        # issue 9: retries, the dead set, schedules
+        "show functions",
+        "show retries",
+        "show dead jobs",
+        "show dead job",
+        "show dead functions",
+        "show schedules",
     }
 )
 #: Admin commands that change state. A command in neither set counts as state-changing.
 STATE_CHANGING: Final = frozenset(
-    {"shutdown", "maxqueue", "cancel job", "create function", "drop function"}
+    {
+        "shutdown",
+        "maxqueue",
+        "cancel job",
+        "create function",
+        "drop function",
+        "replay dead",
+        "delete dead",
+        "remove schedule",
+    }
 )
 ADMIN_COMMANDS: Final = READ_ONLY | STATE_CHANGING
 DEFAULT_ADMINS: Final = (LOOPBACK,)

@@ -115,6 +115,12 @@ def main(argv: list[str]) -> int:
             front.install_signals(_early_signals)
             slot = instance.front_slot(index)
             runner = front.run
+        elif role == "http":
+            from shardgear import http_server
+
+            control = control_view(control_seg.buf, instance.http_slot)
+            http_server.run(config, instance, control, _early_signals)
+            return 0
         else:
             from shardgear.shard import Shard
 

@@ -178,6 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
         "power loss, at a cost per batch (default: normal)",
     )
     setting(
+        "--http",
+        metavar="ADDR:PORT",
+        help="serve gearmand's HTTP protocol, a JSON API and a dashboard on ADDR:PORT "
+        "(default: off; [::]:PORT or *:PORT for every interface); the same ADDR:PORT as "
+        "--metrics shares one listener",
+    )
+    setting(
+        "--http-threads",
+        metavar="N",
+        help="HTTP requests served at once; each foreground submission holds one until its job "
+        "ends (default: 64)",
+    )
+    setting(
         "--graceful-timeout",
         metavar="SECONDS",
         help="how long a stop (SIGTERM, shutdown graceful) waits for running jobs (default: 30)",

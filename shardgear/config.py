@@ -13,6 +13,8 @@ import socket
 from fnmatch import fnmatchcase
 from typing import Any
 
+from shardgear.retries import RetryPolicy
+
 MIB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "human", "journal")
@@ -65,6 +67,10 @@ class FunctionSettings:
 
     maxqueue: tuple[int, int, int] | None = None
     """Queue limits for HIGH, NORMAL, LOW (0 = unlimited), as the admin ``maxqueue`` sets them."""
+
+    retry: RetryPolicy | None = None
+    """The retry policy (``retries.parse_policy`` of the table's ``retry`` table): attempts,
+    backoff, the dead set and its bounds. None: gearmand's rules (no retry, no dead set)."""
 
     def merged(self, other: FunctionSettings) -> FunctionSettings:
         """Self, with every field that self leaves unset taken from `other`."""
@@ -133,6 +139,8 @@ class Config:
     )
     heartbeat_timeout: float = 20.0  # a serving child whose loop stalls this long is restarted
     metrics: str = ""  # "ADDR:PORT" of the Prometheus listener; "" = off
+    http: str = ""  # "ADDR:PORT" of the HTTP API and dashboard process; "" = off
+    http_threads: int = 64  # requests the HTTP process serves at once (a foreground one waits)
     config_file: str = ""  # the TOML file the settings came from ("" = flags only)
     functions: tuple[FunctionRule, ...] = ()  # the config file's [functions."PATTERN"] tables
     # TLS (tls.py): a certificate turns it on, on the main listener, or with tls_port on a
@@ -172,6 +180,12 @@ class Config:
         return os.path.join(self.state_dir, f"jobs.{self.port}.shard{shard}.log")
 
     @property
+    def function_stats(self) -> bool:
+        """Whether shards keep per-function counters (``stats.FunctionStats``, published to the
+        stats segment): the Prometheus metrics and the HTTP dashboard's throughput read them."""
+        return bool(self.metrics or self.http)
+
+    @property
     def output_limit(self) -> int:
         """Bytes a connection may have waiting to be written before it is closed as too slow."""
         return self.max_output_buffer or self.max_packet_size + 16 * MIB
@@ -191,16 +205,23 @@ class Config:
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> Config:
-        """Inverse of `to_json_dict` (JSON lists become the tuples they were)."""
+        """Inverse of `to_json_dict` (JSON lists become the tuples they were, a retry policy's
+        dict its `RetryPolicy`)."""
         data = dict(data)
         data["functions"] = tuple(
-            FunctionRule(
-                rule["pattern"],
-                FunctionSettings(**{k: _tuples(v) for k, v in rule["settings"].items()}),
-            )
+            FunctionRule(rule["pattern"], _function_settings(rule["settings"]))
             for rule in data.get("functions", ())
         )
         return cls(**data)
+
+
+def _function_settings(data: dict[str, Any]) -> FunctionSettings:
+    """A FunctionSettings from its `dataclasses.asdict` form (after a JSON round trip)."""
+    fields = {k: _tuples(v) for k, v in data.items()}
+    retry = fields.get("retry")
+    if retry is not None:
+        fields["retry"] = RetryPolicy(**retry)
+    return FunctionSettings(**fields)
 
 
 def _tuples(value: Any) -> Any:

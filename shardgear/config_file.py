@@ -16,9 +16,13 @@ Per-function settings live in one table per function name or glob pattern::
     [functions."thumbnail"]         # an exact name
     maxqueue = [10, 100, 100]       # HIGH, NORMAL, LOW, as the admin command `maxqueue F H N L`
 
+    [functions."thumbnail".retry]   # a retry policy (retries.POLICY_KEYS) and the dead set
+    attempts = 5
+    delay = "10s"
+
 A function takes each setting from the table of its exact name when that table sets it, else from
 the first glob table (in file order) that matches the name and sets it. Keys of a function table are
-`FUNCTION_KEYS`; adding a per-function setting (issue 9's retry policy) is one field in
+`FUNCTION_KEYS` (``maxqueue``, ``retry``); adding a per-function setting is one field in
 ``config.FunctionSettings`` and one parser there. Other top-level tables get a `TABLES` entry of
 their own: ``[access]`` (identities and access rules, checked by ``access.parse_table``; see the
 README's "Security" section) is one.
@@ -56,6 +60,7 @@ from shardgear.config import (
     FunctionRule,
     FunctionSettings,
 )
+from shardgear.retries import RetryPolicy, parse_policy
 
 __all__ = [
     "FUNCTION_KEYS",
@@ -208,6 +213,17 @@ def maxqueue(value: Any) -> tuple[int, int, int]:
     return (n, n, n)
 
 
+def retry_policy(value: Any) -> RetryPolicy:
+    """A ``retry`` table (``retries.POLICY_KEYS``): attempts, which failures count, the backoff,
+    the dead set and its bounds."""
+    if not isinstance(value, dict):
+        raise ValueError(
+            f'expected a table, e.g. [functions."NAME".retry] or retry = {{ attempts = 5 }}, '
+            f"got {value!r}"
+        )
+    return parse_policy(value)
+
+
 # ------------------------------------------------------------------------------ the settings
 
 
@@ -244,6 +260,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("log-level", "log_level", choice(*LOG_LEVELS), reload=True),
     Setting("log-format", "log_format", choice(*LOG_FORMATS)),
     Setting("metrics", "metrics", listen_address),
+    Setting("http", "http", listen_address),
+    Setting("http-threads", "http_threads", int_range(1, 10_000)),
     # TLS (tls.py); a change needs a restart: listeners and contexts are made at start
     Setting("tls-cert", "tls_cert", text),
     Setting("tls-key", "tls_key", text),
@@ -265,6 +283,7 @@ RELOADABLE: Final = frozenset(s.field for s in SETTINGS if s.reload) | {"functio
 #: Keys of a ``[functions."PATTERN"]`` table -> parser; each is a field of FunctionSettings.
 FUNCTION_KEYS: Final[dict[str, Callable[[Any], Any]]] = {
     "maxqueue": maxqueue,
+    "retry": retry_policy,
 }
 
 #: Top-level tables -> parser of the table (gets the table and a `_KeyLines` for errors).
@@ -344,9 +363,22 @@ def _function_rules(
             try:
                 settings[key] = parse(value)
             except ValueError as exc:
-                raise fail((*where, key), f'functions."{pattern}".{key}: {exc}') from None
+                at = (*where, key, *_failing_key(parse, value))
+                raise fail(at, f'functions."{pattern}".{key}: {exc}') from None
         rules.append(FunctionRule(pattern, FunctionSettings(**settings)))
     return tuple(rules)
+
+
+def _failing_key(parse: Callable[[Any], Any], value: Any) -> tuple[str, ...]:
+    """For an error message's line: the key of table `value` that `parse` refuses on its own
+    (``()`` if `value` is no table, or no key alone is to blame)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            try:
+                parse({key: item})
+            except ValueError:
+                return (key,)
+    return ()
 
 
 def _unknown(key: str, known: list[str], what: str) -> str:
@@ -458,6 +490,11 @@ def check_tls(config: Config) -> None:
     the error comes at start, not at the first connection). Raises ConfigError."""
     if config.tls_port and not config.tls_cert:
         raise ConfigError("tls-port needs tls-cert")
+    if config.http and config.tls_cert and not config.tls_port:
+        raise ConfigError(
+            "http needs the plain-text listener (the HTTP process is a loopback client of the "
+            "fronts): with tls-cert, give TLS a port of its own (tls-port)"
+        )
     if not config.tls_cert:
         return
     try:

@@ -121,7 +121,7 @@ WORK_TYPES = frozenset(
     {P.WORK_DATA, P.WORK_WARNING, P.WORK_STATUS, P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION}
 )
 REJECTED = frozenset(
-    {5, 6, 8, 10, 11, 17, 19, 20, 24, 27, 31, 35, 40, 42}
+    {5, 6, 8, 10, 11, 17, 19, 20, 24, 27, 31, 40, 42}
 )  # response-type or unimplemented commands
 READ_SIZE = 64 * 1024  # 256 KiB recv buffers cost 5x more (glibc serves them with mmap)
 PAUSE_HIGH_WATER = 8 * 1024 * 1024  # bytes waiting for a ring before sockets stop being read
@@ -198,6 +198,7 @@ class Front(Replies):
                 RESPONSE_MAGIC_TYPE: self.on_response_magic,
             }
         )
+        self.packet_handlers[P.SUBMIT_JOB_SCHED] = self.on_submit  # cron.py, on the shard
         for rejected in REJECTED:
             self.packet_handlers[rejected] = self.on_rejected
         # by type: 0 is an admin line, 1..42 the packet types, 43 (also index -1) response magic

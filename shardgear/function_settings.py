@@ -6,9 +6,9 @@ A shard owns its functions, so the shard applies the config's ``[functions."PATT
 a reload brings new tables (`FunctionSettingsApplier.reload`).
 
 What a reload changes: a function whose resolved setting differs between the old and the new
-tables gets the new one (unset = gearmand's default, e.g. maxqueue 0 = unlimited). A function whose
-resolved setting did not change keeps what it has, so a limit set with the admin ``maxqueue``
-command survives a reload that does not touch that function's tables.
+tables gets the new one (unset = gearmand's default: maxqueue 0 = unlimited, no retry policy). A
+function whose resolved setting did not change keeps what it has, so a limit set with the admin
+``maxqueue`` command survives a reload that does not touch that function's tables.
 """
 
 from __future__ import annotations
@@ -53,3 +53,6 @@ def _set(f: Function, settings: FunctionSettings, before: FunctionSettings | Non
         f.maxq = list(settings.maxqueue)
     elif before is not None and before.maxqueue is not None:
         f.maxq = list(UNLIMITED)
+    # No admin command sets a retry policy: the tables' is the function's. A job waiting for
+    # its next attempt when its policy goes keeps waiting, then runs under gearmand's rules.
+    f.retry = settings.retry

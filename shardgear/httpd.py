@@ -1,9 +1,17 @@
 """The supervisor's HTTP listener: a threaded WSGI server (the standard library's ``wsgiref``) and a
-`Router` of WSGI apps by path prefix, so that several apps (the Prometheus metrics today, an HTTP
-API later) share one listener.
+`Router` of WSGI apps by path prefix, so that several apps can share one listener.
 
 It runs in threads of the supervisor, never in a front or shard. Requests are not logged (a
 scraper every second would fill the log); errors of an app are logged and answered with 500.
+
+Sharing a port with the HTTP API: ``--metrics`` and ``--http`` may name the same ADDR:PORT. The
+HTTP API runs in a process of its own (``http_server.py``: its foreground requests hold threads
+for as long as their jobs run, which the supervisor must not do), so that process owns the
+listener, and the supervisor serves this listener on 127.0.0.1 at a port the kernel picks
+instead; it hands the address to the HTTP process in `METRICS_UPSTREAM_ENV`, whose ``/metrics``
+forwards each request here (``http_api.MetricsProxy``). A scrape then costs one loopback
+request more, and metrics stay where their data is (the supervisor knows the children's pids,
+restarts and rings).
 """
 
 from __future__ import annotations
@@ -19,6 +27,10 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 log = logging.getLogger("shardgear.httpd")
+
+#: The environment variable that gives the HTTP process the supervisor's metrics listener
+#: (``HOST:PORT``) when the two share one address.
+METRICS_UPSTREAM_ENV = "SHARDGEAR_METRICS_UPSTREAM"
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]

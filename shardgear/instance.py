@@ -69,3 +69,8 @@ class Instance:
     def shard_slot(self, shard: int) -> int:
         """Control-block slot of shard `shard`."""
         return shard
+
+    @property
+    def http_slot(self) -> int:
+        """Control-block slot of the HTTP process (``--http``), after every front and shard."""
+        return self.shards + self.fronts

@@ -68,7 +68,7 @@ A 64-byte header, then records at 8-aligned offsets. Little-endian throughout.
     16  len body           by kind (below), then 0 to 7 bytes of padding
 
 Record bodies (``n`` is the number of the job's handle, ``<prefix>:<n>``); every kind but JR_NEW
-has a 16-byte body, two u64:
+and JR_DELAY has a 16-byte body, two u64:
 
     JR_COUNTER   next_n, 0          the shard's next handle number (first record of a snapshot)
     JR_NEW       n, client u64, when i64, retries u32, priority u8, flags u8, reserved u16,
@@ -79,6 +79,12 @@ has a 16-byte body, two u64:
     JR_REQUEUE   n, retries         back at the tail of its queue, held by nobody
     JR_DONE      n, 0               the job is gone (completed, failed, cancelled, dropped)
     JR_FLAGS     n, flags           flags |= (a background submission coalesced onto the job)
+    JR_DELAY     n u64, next_at f64, first_failed f64, last_failed f64, failures u32, reason u32,
+                 error_len u32; then the error: the failed attempts of a job under a retry policy
+                 (`jobs.RetryState`, `shardgear.retries`), times in epoch seconds, reason a
+                 jobs.OUT_* code, error the last WORK_EXCEPTION data (at most 4 KiB). With
+                 next_at > 0 the job waits (FUTURE), held by nobody, until then and goes to the
+                 tail of its queue; 0 (snapshots of queued or running jobs) only says how it failed
 
 JR_NEW flags: bit 0 background, bit 1 stored (durable: recovered by the next run).
 """
@@ -94,12 +100,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
-from shardgear.jobs import RUNNING, Job
+from shardgear.jobs import FUTURE, RUNNING, Job
 
 __all__ = [
     "JF_BACKGROUND",
     "JF_STORED",
     "LOG_VERSION",
+    "DelayRecord",
     "JobLog",
     "LogContents",
     "NewRecord",
@@ -121,7 +128,8 @@ JR_ASSIGN: Final = 5
 JR_REQUEUE: Final = 6
 JR_DONE: Final = 7
 JR_FLAGS: Final = 8
-JR_KINDS: Final = frozenset(range(JR_COUNTER, JR_FLAGS + 1))
+JR_DELAY: Final = 9
+JR_KINDS: Final = frozenset(range(JR_COUNTER, JR_DELAY + 1))
 
 JF_BACKGROUND: Final = 1
 JF_STORED: Final = 2
@@ -137,6 +145,9 @@ _NEW_HEAD: Final = struct.Struct("<III" + _NEW.format.lstrip("<"))  # bytes 4.. 
 _PAIR: Final = struct.Struct("<QQ")
 _PAIR_TAIL: Final = struct.Struct("<IIIQQ")  # bytes 4..32 of a pair record
 _PAIR_BYTES: Final = 32
+_DELAY: Final = struct.Struct("<QdddIII")  # n, next_at, first, last, failures, reason, error_len
+_DELAY_HEAD: Final = struct.Struct("<III" + _DELAY.format.lstrip("<"))
+ERROR_LIMIT: Final = 4096  # bytes of a JR_DELAY record's error
 _U32: Final = struct.Struct("<I")
 _NEW_FIXED: Final = 16 + _NEW.size
 _BIG: Final = 4096  # payloads at least this big are written from the job, not copied first
@@ -164,9 +175,22 @@ class NewRecord:
     data: bytes
 
 
-Record: TypeAlias = "NewRecord | tuple[int, int, int]"
-"""One record read back: a `NewRecord`, or ``(kind, n, arg)`` for every other kind (JR_COUNTER's
-value is in ``n``)."""
+@dataclass(slots=True)
+class DelayRecord:
+    """A JR_DELAY record: a job's failed attempts (`jobs.RetryState`) and its next attempt."""
+
+    n: int
+    next_at: float
+    first_failed: float
+    last_failed: float
+    failures: int
+    reason: int
+    error: bytes
+
+
+Record: TypeAlias = "NewRecord | DelayRecord | tuple[int, int, int]"
+"""One record read back: a `NewRecord`, a `DelayRecord`, or ``(kind, n, arg)`` for every other
+kind (JR_COUNTER's value is in ``n``)."""
 
 SnapshotSource: TypeAlias = "Callable[[], tuple[int, Iterable[Job]]]"
 """What a snapshot needs from the scheduler: the next handle number, and every live job, queued
@@ -264,6 +288,14 @@ def _record_at(mv: memoryview, start: int, end: int) -> tuple[Record, int] | Non
         p += lr
         data = bytes(mv[p : p + ld])
         return NewRecord(n, client, when, retries, prio, flags, func, unique, reducer, data), size
+    if kind == JR_DELAY:
+        if length < _DELAY.size or zlib.crc32(mv[start + 4 : start + 16 + length]) != crc:
+            return None
+        n, at, first, last, failures, reason, le = _DELAY.unpack_from(mv, body)
+        if _DELAY.size + le != length:
+            return None
+        error = bytes(mv[body + _DELAY.size : body + length])
+        return DelayRecord(n, at, first, last, failures, reason, error), size
     if length != 16 or zlib.crc32(mv[start + 4 : start + 32]) != crc:
         return None
     n, arg = _PAIR.unpack_from(mv, body)
@@ -348,6 +380,45 @@ def encode_pair(kind: int, n: int, arg: int) -> bytes:
     """One complete 32-byte record of a kind other than JR_NEW."""
     tail = _PAIR_TAIL.pack(16, kind, 0, n & _MAX_U64, arg & _MAX_U64)
     return _U32.pack(zlib.crc32(tail)) + tail
+
+
+def encode_delay(
+    n: int,
+    next_at: float,
+    first_failed: float,
+    last_failed: float,
+    failures: int,
+    reason: int,
+    error: bytes,
+) -> bytes:
+    """One complete JR_DELAY record (the error cut to `ERROR_LIMIT` bytes)."""
+    error = error[:ERROR_LIMIT]
+    length = _DELAY.size + len(error)
+    tail = (
+        _DELAY_HEAD.pack(
+            length,
+            JR_DELAY,
+            0,
+            n & _MAX_U64,
+            next_at,
+            first_failed,
+            last_failed,
+            min(failures, _MAX_U32),
+            reason & _MAX_U32,
+            len(error),
+        )
+        + error
+    )
+    return _U32.pack(zlib.crc32(tail)) + tail + _ZEROS[: -(16 + length) & 7]
+
+
+def encode_job_delay(job: Job, at: float) -> bytes:
+    """`job`'s JR_DELAY record (`job.retry` must be set), waiting until `at` (0: not waiting)."""
+    st = job.retry
+    assert st is not None
+    return encode_delay(
+        job.n, at, st.first_failed, st.last_failed, st.failures, st.reason, st.error
+    )
 
 
 def encode_header(shard_index: int, shard_count: int, run_id: int) -> bytes:
@@ -500,6 +571,17 @@ class JobLog:
             del d[job.n]  # never written: the log still has it queued
         self._pair(JR_REQUEUE, job.n, job.retries)
 
+    def delay(self, job: Job, at: float) -> None:
+        """`job` failed an attempt and waits until `at` for its next; records `job.retry`."""
+        if job.retry is None:
+            return
+        d = self._deferred
+        if d and d.get(job.n, (0, 0))[0] == JR_ASSIGN:
+            del d[job.n]  # never written: the log still has it queued
+        record = encode_job_delay(job, at)
+        self._chunks.append(record)
+        self._pending += len(record)
+
     def assign(self, job: Job, conn: int) -> None:
         """Worker `conn` took `job`; held back until `end_turn`."""
         self._deferred[job.n] = (JR_ASSIGN, conn)
@@ -606,6 +688,10 @@ class JobLog:
             for c in clients[1:]:
                 chunks.append(encode_pair(JR_ATTACH, job.n, c))
                 size += _PAIR_BYTES
+            if job.retry is not None:
+                record = encode_job_delay(job, job.retry.next_at if job.state == FUTURE else 0.0)
+                chunks.append(record)
+                size += len(record)
             if job.state == RUNNING and job.worker is not None:
                 chunks.append(encode_pair(JR_ASSIGN, job.n, job.worker.conn))
                 size += _PAIR_BYTES

@@ -7,7 +7,10 @@ them. Everything here is read-only for anyone else (the job log, admin code, tes
 from __future__ import annotations
 
 from collections import deque
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
+
+if TYPE_CHECKING:
+    from shardgear.retries import RetryPolicy
 
 # Job.state
 QUEUED: Final = 0  # in its function's deque at job.priority, runnable
@@ -20,6 +23,18 @@ UK_NONE: Final = 0  # empty unique, `-` with empty data, or removed from the ind
 UK_UNIQUE: Final = 1  # Function.uniques[job.unique]
 UK_PAYLOAD: Final = 2  # Function.payloads[job.data] (unique `-`: coalesce on identical payload)
 
+
+# How an attempt failed (bits of `RetryPolicy.on`); names are the config file's words.
+OUT_FAIL: Final = 1  # WORK_FAIL
+OUT_EXCEPTION: Final = 2  # WORK_EXCEPTION
+OUT_LOST: Final = 4  # the worker left (disconnect, CANT_DO, RESET_ABILITIES, its front died)
+OUT_TIMEOUT: Final = 8  # the CAN_DO_TIMEOUT of the assignment expired
+OUTCOME_NAMES: Final[dict[int, str]] = {
+    OUT_FAIL: "fail",
+    OUT_EXCEPTION: "exception",
+    OUT_LOST: "lost",
+    OUT_TIMEOUT: "timeout",
+}
 
 NO_CLIENTS: Final[tuple[int, ...]] = ()
 """`Job.clients` of a job nobody waits for: one shared empty tuple instead of an empty list per
@@ -55,6 +70,7 @@ class Job:
         "priority",
         "reducer",
         "retries",
+        "retry",
         "state",
         "stored",
         "ukind",
@@ -86,7 +102,8 @@ class Job:
         self.background = background  # a background submission owns it: runs with no client
         self.clients: list[int] | tuple[int, ...] = NO_CLIENTS  # a list once anyone attaches
         self.worker: Worker | None = None
-        self.retries = 0
+        self.retries = 0  # requeues after a lost worker or a timeout (--job-retries counts them)
+        self.retry: RetryState | None = None  # set once an attempt failed under a retry policy
         self.num = 0
         self.den = 0
         self.stored = False  # durable: a background job the next run recovers from the log
@@ -105,6 +122,54 @@ class Job:
         return f"Job({self.handle!r}, {self.func!r}, state={self.state})"
 
 
+class RetryState:
+    """The failed attempts of a job under a retry policy (`Job.retry`; None until an attempt
+    failed or a foreground attempt's packets were held back).
+
+    `failures` counts failed attempts; `first_failed`/`last_failed` are epoch seconds; `reason` is
+    the last failure's OUT_* code and `error` its WORK_EXCEPTION data (empty for the others, at
+    most `shardgear.retries.ERROR_LIMIT` bytes). `next_at` is when a job waiting for its next
+    attempt (state FUTURE) becomes runnable, 0 otherwise. `held` keeps the WORK_DATA, WORK_WARNING
+    and WORK_STATUS packets of the running attempt from foreground clients until it is known to be
+    the last (`held_bytes` their size); `final` marks an attempt that will not be retried because
+    its held packets outgrew `shardgear.retries.HELD_LIMIT` and went to the clients.
+    """
+
+    __slots__ = (
+        "error",
+        "failures",
+        "final",
+        "first_failed",
+        "held",
+        "held_bytes",
+        "last_failed",
+        "next_at",
+        "reason",
+    )
+
+    def __init__(
+        self,
+        failures: int = 0,
+        first_failed: float = 0.0,
+        last_failed: float = 0.0,
+        reason: int = 0,
+        error: bytes = b"",
+        next_at: float = 0.0,
+    ) -> None:
+        self.failures = failures
+        self.first_failed = first_failed
+        self.last_failed = last_failed
+        self.reason = reason
+        self.error = error
+        self.next_at = next_at
+        self.held: list[bytes] | None = None
+        self.held_bytes = 0
+        self.final = False
+
+    def __repr__(self) -> str:
+        return f"RetryState(failures={self.failures}, next_at={self.next_at})"
+
+
 class Function:
     """A function registered or submitted on this shard: three FIFO queues and its counters."""
 
@@ -119,6 +184,7 @@ class Function:
         "qbytes",
         "queues",
         "ready",
+        "retry",
         "running",
         "sleepers",
         "uniques",
@@ -140,6 +206,8 @@ class Function:
         self.bidx = bidx  # board index of the HIGH counter of this function's slot
         self.uniques: dict[bytes, Job] = {}
         self.payloads: dict[bytes, Job] = {}
+        # the retry policy of the config file's tables for this function (None: gearmand's rules)
+        self.retry: RetryPolicy | None = None
         self.qbytes = 0  # payload bytes of its jobs (queued, future, running): max-queued-bytes
 
     @property
@@ -223,4 +291,22 @@ class JobLogHooks(Protocol):
 
     def requeue(self, job: Job) -> None: ...
 
+    def delay(self, job: Job, at: float) -> None:
+        """`job` failed an attempt under a retry policy: it now waits (state FUTURE) until `at`,
+        epoch seconds, with `job.retry` as it is (failures, first and last failure time, reason,
+        error). Recovery after a crash, and a durable job's recovery by the next run, re-create
+        it waiting until `at` with the same failures. Snapshots record `job.retry` of every job
+        that has one, with `at` 0 unless it is waiting."""
+        ...
+
     def done(self, job: Job) -> None: ...
+
+
+class DeadLetters(Protocol):
+    """Where a background job goes that exhausted its retry policy (`shardgear.deadset`)."""
+
+    def add(self, job: Job, now: float) -> None:
+        """Keep `job` (function, unique, payload, priority, `job.retry`) in the dead set. Called
+        before the job's DONE record; the dead set's commit precedes the job log's, so a crash
+        between them keeps the job twice, never zero times."""
+        ...

@@ -5,7 +5,7 @@ shards' function tables, published at most once a second) and ``/proc``; it neve
 shard anything, so its cost falls on the supervisor alone (BENCHMARKS.md, "Metrics"). The
 exposition format is ``prometheus_client``'s.
 
-Metrics (labels in braces; ``role`` is front or shard, ``index`` its number):
+Metrics (labels in braces; ``role`` is front, shard or http, ``index`` its number):
 
 * per function: ``shardgear_jobs_queued{function,priority}``, ``shardgear_jobs_running{function}``,
   ``shardgear_workers{function}``; ``shardgear_jobs_{submitted,completed,failed,exception,requeued,
@@ -18,9 +18,9 @@ Metrics (labels in braces; ``role`` is front or shard, ``index`` its number):
   histograms ``shardgear_store_commit_seconds`` and ``shardgear_store_batch_bytes``,
   ``shardgear_job_log_bytes``, ``shardgear_job_log_snapshots_total`` (shards);
   ``shardgear_child_restarts_total``, ``shardgear_process_cpu_seconds_total``,
-  ``shardgear_process_resident_memory_bytes`` (both); ``shardgear_ring_used_bytes{from,to}`` and
-  ``shardgear_ring_capacity_bytes{from,to}`` per ring; ``shardgear_build_info{version}``; and the
-  supervisor's standard ``process_*`` metrics.
+  ``shardgear_process_resident_memory_bytes`` (all three, the HTTP process of ``--http`` too);
+  ``shardgear_ring_used_bytes{from,to}`` and ``shardgear_ring_capacity_bytes{from,to}`` per ring;
+  ``shardgear_build_info{version}``; and the supervisor's standard ``process_*`` metrics.
 
 Counters survive a child's restart (``StatsReader.retire``); gauges are the live process's.
 """
@@ -179,6 +179,8 @@ class ShardgearCollector(Collector):
                 c["connections_accepted"].add_metric(lv, b[layout.ST_ACCEPTED])
                 c["protocol_closes"].add_metric(lv, b[layout.ST_PROTOCOL_CLOSES])
                 c["backpressure_pauses"].add_metric(lv, b[layout.ST_PAUSES])
+                continue
+            if p.role != "shard":  # the HTTP process (--http): restarts, CPU and memory only
                 continue
             g["shard_jobs_queued"].add_metric(lv, b[layout.ST_QUEUED])
             g["shard_jobs_running"].add_metric(lv, b[layout.ST_RUNNING])

@@ -35,6 +35,7 @@ from shardgear.joblog import (
     JR_DONE,
     JR_FLAGS,
     JR_REQUEUE,
+    DelayRecord,
     JobLog,
     NewRecord,
     Record,
@@ -47,6 +48,7 @@ from shardgear.jobs import (
     UK_UNIQUE,
     Function,
     Job,
+    RetryState,
     Worker,
     add_client,
 )
@@ -57,7 +59,7 @@ from shardgear.scheduler import MAX_UNIQUE, Scheduler
 class LiveJob:
     """A job rebuilt from its log records: its JR_NEW record and what later records changed."""
 
-    __slots__ = ("clients", "flags", "new", "order", "retries", "worker")
+    __slots__ = ("clients", "flags", "new", "order", "retries", "retry", "worker")
 
     def __init__(
         self, new: NewRecord, clients: list[int], worker: int, retries: int, order: int, flags: int
@@ -68,6 +70,7 @@ class LiveJob:
         self.retries = retries
         self.order = order
         self.flags = flags
+        self.retry: RetryState | None = None  # from JR_DELAY records (retries.py)
 
 
 def _order(e: LiveJob) -> int:
@@ -115,6 +118,18 @@ def fold(
             if n + S > nxt:
                 nxt = n + S
             continue
+        if isinstance(r, DelayRecord):
+            e = live.get(r.n)
+            if e is None:
+                continue
+            e.retry = RetryState(
+                r.failures, r.first_failed, r.last_failed, r.reason, r.error, r.next_at
+            )
+            if r.next_at > 0.0:  # waiting for its next attempt, then at the tail of its queue
+                e.worker = 0
+                seq += 1
+                e.order = seq
+            continue
         kind, n, arg = r
         if kind == JR_COUNTER:
             if n > nxt:
@@ -130,6 +145,8 @@ def fold(
             e.clients = [c for c in e.clients if c != arg]
         elif kind == JR_ASSIGN:
             e.worker = arg
+            if e.retry is not None:
+                e.retry.next_at = 0.0
         elif kind == JR_REQUEUE:
             e.worker = 0
             e.retries = arg
@@ -213,6 +230,7 @@ def _job(sched: Scheduler, e: LiveJob, bg: bool) -> Job | None:
     job = Job(handle, f, r.unique, r.data, r.priority, r.when, r.reducer, bg)
     job.n = r.n
     job.retries = e.retries
+    job.retry = e.retry
     job.stored = bool(e.flags & JF_STORED)
     sched._jobs[handle] = job
     f.qbytes += len(job.data)  # max-queued-bytes (limits.py)
@@ -228,13 +246,18 @@ def _job(sched: Scheduler, e: LiveJob, bg: bool) -> Job | None:
 
 
 def _queue(sched: Scheduler, job: Job, now: float) -> None:
-    """Queue a recovered job, or hold it until its epoch time."""
-    if job.when > now:
+    """Queue a recovered job, or hold it until its epoch time or its next attempt."""
+    at = float(job.when)
+    if job.retry is not None and job.retry.next_at > at:
+        at = job.retry.next_at
+    if at > now:
         job.state = FUTURE
         job.fn.future[job.priority] += 1
         sched._seq += 1
-        heapq.heappush(sched._epochs, (float(job.when), sched._seq, job))
+        heapq.heappush(sched._epochs, (at, sched._seq, job))
     else:
+        if job.retry is not None:
+            job.retry.next_at = 0.0
         sched._enqueue(job)
 
 

@@ -32,12 +32,14 @@ from shardgear.joblog import (
     JF_BACKGROUND,
     JF_STORED,
     JR_COUNTER,
+    encode_delay,
     encode_header,
     encode_new_record,
     encode_pair,
     read_log,
     write_all,
 )
+from shardgear.jobs import RetryState
 from shardgear.recovery import fold
 
 _LOG_NAME: Final = re.compile(r"jobs\.(\d+)\.shard(\d+)\.log$")
@@ -46,7 +48,7 @@ _LOG_NAME: Final = re.compile(r"jobs\.(\d+)\.shard(\d+)\.log$")
 class _Stored:
     """A durable background job on its way to a new log (what a JR_NEW record needs)."""
 
-    __slots__ = ("data", "func", "n", "priority", "reducer", "retries", "unique", "when")
+    __slots__ = ("data", "func", "n", "priority", "reducer", "retries", "retry", "unique", "when")
 
     def __init__(
         self,
@@ -65,6 +67,7 @@ class _Stored:
         self.when = when
         self.reducer = reducer
         self.retries = retries
+        self.retry: RetryState | None = None  # failed attempts under a retry policy
         self.n = 0
 
 
@@ -148,7 +151,9 @@ def _durable_jobs(path: str) -> list[_Stored]:
     for e in live:
         if e.flags & (JF_BACKGROUND | JF_STORED) == JF_BACKGROUND | JF_STORED:
             r = e.new
-            out.append(_Stored(r.func, r.unique, r.priority, r.data, r.when, r.reducer, e.retries))
+            job = _Stored(r.func, r.unique, r.priority, r.data, r.when, r.reducer, e.retries)
+            job.retry = e.retry
+            out.append(job)
     return out
 
 
@@ -203,6 +208,19 @@ def _rewrite(config: Config, jobs: list[_Stored], old: list[str], legacy: str | 
                 job.data,
                 chunks,
             )
+            st = job.retry
+            if st is not None:
+                chunks.append(
+                    encode_delay(
+                        job.n,
+                        st.next_at,
+                        st.first_failed,
+                        st.last_failed,
+                        st.failures,
+                        st.reason,
+                        st.error,
+                    )
+                )
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             write_all(fd, chunks)

@@ -72,21 +72,27 @@ rebuilding after a crash in `shardgear.recovery`; the invariants, checked in ful
 from __future__ import annotations
 
 import heapq
+import random
 import struct
 from collections.abc import Callable, Iterable, MutableSequence
 from itertools import islice
 from typing import Final, cast
 
-from . import routing
+from . import retries, routing
 from .jobs import (
     FUTURE,
     GONE,
     NO_CLIENTS,
+    OUT_EXCEPTION,
+    OUT_FAIL,
+    OUT_LOST,
+    OUT_TIMEOUT,
     QUEUED,
     RUNNING,
     UK_NONE,
     UK_PAYLOAD,
     UK_UNIQUE,
+    DeadLetters,
     Function,
     Job,
     JobLogHooks,
@@ -157,6 +163,7 @@ LOW: Final = 2
 MAX_UNIQUE: Final = 64  # longer uniques are refused
 HANDLE_SIZE: Final = 64  # handles are shorter than this
 _COMPACT_MIN: Final = 256  # compact a function's deques past this many tombstones
+_NO_CONN: Final = 0  # the "connection" of the server's own submissions (no front has conn 0)
 
 _II = struct.Struct("!II")
 _header = HEADER.pack
@@ -167,6 +174,7 @@ _error = error_packet
 
 
 _NO_JOB: Final = _res(NO_JOB)
+_JOB_CREATED_TYPE: Final = struct.pack("!I", JOB_CREATED)
 _ERR_UNIQUE: Final = _error(b"ARGUMENT_TOO_LARGE", b"Unique value too large")
 _ERR_QUEUE_FULL: Final = _error(b"QUEUE_ERROR", b"Job queue is full")
 ERR_STORE: Final = _error(b"QUEUE_ERROR", b"Persistent store failed: could not save the job")
@@ -208,6 +216,8 @@ class Scheduler:
         log: Callable[[str], None] | None = None,
         on_new_function: Callable[[Function], None] | None = None,
         metrics: JobMetrics | None = None,
+        dead_letters: DeadLetters | None = None,
+        rng: random.Random | None = None,
         limits: FunctionLimits | None = None,
     ) -> None:
         if not 0 <= shard_index < shard_count:
@@ -229,9 +239,12 @@ class Scheduler:
                 self._board[i] = 0
         self._durable = durable  # background jobs are stored (recovered by the next run)
         self._joblog: JobLogHooks | None = None  # set by recovery.start_log
+        self._dead = dead_letters  # where exhausted background jobs go (retries.py)
+        self._rng = rng if rng is not None else random.Random(0)  # retry jitter
         self._recovered: dict[int, Worker] = {}  # recovered workers not re-registered yet
         self._log = log
-        # hook: gives a function its configured settings (function_settings.py) when created
+        # hook: gives a function its configured settings (function_settings.py: maxqueue, the
+        # retry policy) when created
         self._on_new_function = on_new_function
         self._metrics = metrics  # hook: per-function counters (stats.py), None = metrics off
         self._limits = limits or FunctionLimits()
@@ -342,7 +355,7 @@ class Scheduler:
                 f.sleepers.pop(w, None)
             w.funcs.clear()
             for job in list(w.jobs):
-                self._requeue(job)
+                self._requeue(job, now)
         jobs = self._clients.pop(conn, None)
         if jobs is not None:
             jr = self._joblog
@@ -409,7 +422,7 @@ class Scheduler:
             w.timer_at = None
             w.timer_job = None
             if held is not None and held.worker is w:
-                self._requeue(held)
+                self._requeue(held, now, OUT_TIMEOUT)
                 self._maybe_forget_worker(w)  # it may have sent CANT_DO meanwhile
 
     # ------------------------------------------------------------------ read access
@@ -551,7 +564,7 @@ class Scheduler:
             return f.payloads.get(data) if data else None
         return f.uniques.get(unique) if unique else None
 
-    def _insert(self, job: Job, when: int, now: float) -> None:
+    def _insert(self, job: Job, when: float, now: float) -> None:
         """Index a new job and queue it (or hold it until `when`)."""
         self._jobs[job.handle] = job
         job.fn.qbytes += len(job.data)
@@ -570,6 +583,23 @@ class Scheduler:
             heapq.heappush(self._epochs, (float(when), self._seq, job))
         else:
             self._enqueue(job)
+
+    def submit_background(
+        self, func: bytes, unique: bytes, data: bytes, priority: int, now: float
+    ) -> bytes | None:
+        """Submit a background job on the server's own behalf (a cron run, a dead-set replay), as
+        SUBMIT_JOB_BG would; return its handle (a coalesced job's, if the unique matches one), or
+        None if it was refused (maxqueue, a unique longer than 64 bytes). Like any background job
+        it may still be refused by the job log's commit (the shard cancels it then)."""
+        out = self.out
+        start = len(out)
+        self._add(_NO_CONN, func, unique, data, priority, True, 0, b"", now)
+        for k in range(start, len(out)):
+            m = out[k]
+            if HEADER.unpack_from(m)[3] == _NO_CONN:  # its reply (header, then the packet)
+                del out[k]
+                return m[28:] if m[20:24] == _JOB_CREATED_TYPE else None
+        return None
 
     def _new_handle(self) -> bytes:
         n = self._next_n
@@ -691,7 +721,7 @@ class Scheduler:
         if w is None or f is None:
             return
         for job in [j for j in w.jobs if j.fn is f]:
-            self._requeue(job)
+            self._requeue(job, now)
         self._cant_do(conn, CANT_DO, body, now)
         if self._workers.get(conn) is w:
             self._maybe_forget_worker(w)
@@ -828,7 +858,10 @@ class Scheduler:
         if job is None:
             self._send(conn, _ERR_NO_JOB_DATA)
         elif job.clients:
-            self._relay(job, _RES + _pack(ptype, len(body)) + body)
+            if job.retry is not None or job.fn.retry is not None:  # retries.hold may keep it
+                self._relay_held(job, retries.hold(job, _RES + _pack(ptype, len(body)) + body))
+            else:
+                self._relay(job, _RES + _pack(ptype, len(body)) + body)
 
     def _work_status(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         parts = body.split(b"\0", 2)
@@ -844,7 +877,10 @@ class Scheduler:
         job.num = atou32(parts[1])
         job.den = atou32(parts[2])
         if job.clients:
-            self._relay(job, _RES + _pack(ptype, len(body)) + body)
+            if job.retry is not None or job.fn.retry is not None:  # retries.hold may keep it
+                self._relay_held(job, retries.hold(job, _RES + _pack(ptype, len(body)) + body))
+            else:
+                self._relay(job, _RES + _pack(ptype, len(body)) + body)
 
     def _work_end(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         """WORK_COMPLETE and WORK_EXCEPTION: relay, then finish the job."""
@@ -855,6 +891,10 @@ class Scheduler:
             err = _ERR_NO_JOB_RESULT if ptype == WORK_COMPLETE else _ERR_NO_JOB_EXC
             self._send(conn, err)
             return
+        if (job.retry is not None or job.fn.retry is not None) and self._attempt_ended(
+            job, ptype, body[i + 1 :] if i >= 0 else b"", now
+        ):
+            return  # it waits for its next attempt
         if job.clients:
             if ptype == WORK_COMPLETE:
                 self._relay(job, _RES + _pack(ptype, len(body)) + body)
@@ -874,6 +914,10 @@ class Scheduler:
         if job is None:
             self._send(conn, _ERR_NO_JOB_RESULT)
             return
+        if (job.retry is not None or job.fn.retry is not None) and self._attempt_ended(
+            job, WORK_FAIL, b"", now
+        ):
+            return  # it waits for its next attempt
         if job.clients:
             self._relay(job, _RES + _pack(WORK_FAIL, len(body)) + body)
         if self._metrics is not None:
@@ -912,24 +956,33 @@ class Scheduler:
 
     # ------------------------------------------------------------------ job lifecycle
 
-    def _requeue(self, job: Job) -> None:
-        """A held job goes back to its queue (a retry), or is dropped."""
-        w = job.worker
-        assert w is not None
-        del w.jobs[job]
-        job.worker = None
-        job.fn.running -= 1
-        self._running -= 1
-        if w.timer_job is job:
-            w.timer_at = None
-            w.timer_job = None
+    def _requeue(self, job: Job, now: float, outcome: int = OUT_LOST) -> None:
+        """A held job's worker left (`outcome` OUT_LOST) or timed out (OUT_TIMEOUT): the job goes
+        back to its queue, waits for its next attempt under its function's retry policy, or is
+        dropped (the retry limit, or a policy's last attempt)."""
+        self._release(job)
         if job.ignored:
             self._forget(job)
             return
+        policy = job.fn.retry
+        if policy is not None and policy.applies(job):
+            if policy.on & outcome:
+                st = retries.record_failure(job, outcome, b"", now)
+                at = retries.next_attempt(policy, st, now, self._rng)
+                if at is not None:
+                    self._delay(job, at)
+                else:
+                    self._give_up(job, now)
+                    self._drop(job)
+                return
+            retries.end_attempt(job)  # requeued as gearmand would: this attempt never happened
         job.retries += 1
         if 0 < self.job_retries <= job.retries:
             if self._log is not None:
                 self._log(f"Dropped job due to max retry count: {job.handle.decode('latin-1')}")
+            if policy is not None and policy.applies(job):
+                retries.record_failure(job, outcome, b"", now)
+                self._give_up(job, now)
             self._drop(job)
             return
         job.num = 0
@@ -939,6 +992,79 @@ class Scheduler:
             self._joblog.requeue(job)
         if self._metrics is not None:
             self._metrics.requeued(job)
+
+    def _release(self, job: Job) -> None:
+        """Take a held job from its worker (it stays RUNNING until the caller moves it)."""
+        w = job.worker
+        assert w is not None
+        del w.jobs[job]
+        job.worker = None
+        job.fn.running -= 1
+        self._running -= 1
+        if w.timer_job is job:
+            w.timer_at = None
+            w.timer_job = None
+
+    def _attempt_ended(self, job: Job, ptype: int, error: bytes, now: float) -> bool:
+        """A held job that has a retry state or a policy ended its attempt with WORK_COMPLETE,
+        WORK_FAIL or WORK_EXCEPTION (`error`: its data). True if the policy took the job (it
+        waits for its next attempt; nobody hears of this failure); False if the attempt is the
+        last and the caller ends the job as usual (its held packets have gone to the clients
+        first, and a dead-lettered job is in the dead set)."""
+        policy = job.fn.retry
+        outcome = OUT_FAIL if ptype == WORK_FAIL else OUT_EXCEPTION
+        if (
+            ptype == WORK_COMPLETE
+            or policy is None  # a reload took the policy away mid-attempt
+            or not policy.applies(job)
+            or not policy.on & outcome  # a failure the policy does not count ends the job
+        ):
+            self._relay_held(job, retries.release_held(job))
+            return False
+        st = retries.record_failure(job, outcome, error, now)
+        at = retries.next_attempt(policy, st, now, self._rng)
+        if at is None:
+            self._give_up(job, now)
+            return False
+        if self._metrics is not None:
+            self._metrics.ended(job, ptype, now)  # the attempt's result; _delay counts a requeue
+        w = job.worker
+        assert w is not None
+        self._release(job)
+        if not w.funcs and not w.jobs:  # a recovered worker that has not registered again
+            self._maybe_forget_worker(w)
+        self._delay(job, at)
+        return True
+
+    def _delay(self, job: Job, at: float) -> None:
+        """A released job waits in the timer heap (state FUTURE) until `at` for its next attempt,
+        keeping its handle, unique and clients."""
+        retries.end_attempt(job)
+        st = job.retry
+        assert st is not None
+        st.next_at = at
+        job.num = 0
+        job.den = 0
+        job.state = FUTURE
+        job.fn.future[job.priority] += 1
+        self._seq += 1
+        heapq.heappush(self._epochs, (at, self._seq, job))
+        if self._joblog is not None:
+            self._joblog.delay(job, at)
+        if self._metrics is not None:
+            self._metrics.requeued(job)
+
+    def _give_up(self, job: Job, now: float) -> None:
+        """The failure just recorded is the job's last: send the attempt's held packets on, and
+        put a background job in the dead set if its policy says so."""
+        self._relay_held(job, retries.release_held(job))
+        policy = job.fn.retry
+        if job.background and policy is not None and policy.dead_letter and self._dead is not None:
+            self._dead.add(job, now)
+
+    def _relay_held(self, job: Job, packets: list[bytes]) -> None:
+        for packet in packets:
+            self._relay(job, packet)
 
     def _finish(self, job: Job) -> None:
         """A held job completed, failed or raised."""

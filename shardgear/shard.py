@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import select
 import signal
 import struct
@@ -33,8 +34,11 @@ import time
 
 import orjson
 
-from shardgear import logs, messages, recovery, shard_admin
+from shardgear import deadset, logs, messages, recovery, routing, shard_admin
 from shardgear.config import Config
+from shardgear.cron import Crontab
+from shardgear.cron import db_path as cron_db_path
+from shardgear.deadset import DeadSet
 from shardgear.function_settings import FunctionSettingsApplier
 from shardgear.instance import Instance
 from shardgear.joblog import JobLog, read_log
@@ -42,6 +46,7 @@ from shardgear.limits import FunctionLimits
 from shardgear.live_config import SettingsReader
 from shardgear.messages import HEADER
 from shardgear.proto.packets import NO_JOB_PACKET, PacketType
+from shardgear.retries import RetryPolicy
 from shardgear.scheduler import ERR_STORE, Scheduler
 from shardgear.shm import layout
 from shardgear.shm.channel import Receiver, Sender
@@ -70,6 +75,7 @@ REPLY_TYPES = frozenset(
         P.GET_STATUS,
     }
 )
+SUBMIT_JOB_SCHED = int(P.SUBMIT_JOB_SCHED)
 GRAB_TYPES = frozenset({P.GRAB_JOB, P.GRAB_JOB_UNIQ, P.GRAB_JOB_ALL})
 RESULT_TYPES = frozenset({P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION})
 _JOB_CREATED = struct.pack("!I", P.JOB_CREATED)
@@ -107,12 +113,25 @@ class Shard:
         )
         self.settings = SettingsReader(self._attach(instance.settings).buf)
         self.function_settings = FunctionSettingsApplier(config)
-        # operators' numbers (stats.py); per-function counters only with --metrics
+        # operators' numbers (stats.py); per-function counters only with --metrics or --http
         self.stats = ChildStats(
             self._attach(instance.stats).buf, instance.shard_slot(index), shard=index
         )
-        self.function_stats = FunctionStats() if config.metrics else None
+        self.function_stats = FunctionStats() if config.function_stats else None
         self.control: memoryview | None = None
+        self.dead = DeadSet(
+            deadset.db_path(config.state_dir, config.port),
+            self._owns,
+            self._retry_policy,
+            synchronous=config.store_sync,
+            log=log.error,
+        )
+        self.cron = Crontab(
+            cron_db_path(config.state_dir, config.port),
+            self._owns,
+            synchronous=config.store_sync,
+            log=log.error,
+        )
         self.scheduler = self._new_scheduler()
         self.running = True
         self.draining = False
@@ -133,6 +152,8 @@ class Shard:
             log=log.warning,
             on_new_function=self.function_settings.apply,
             metrics=self.function_stats,
+            dead_letters=self.dead,
+            rng=random.Random(),
             limits=FunctionLimits(
                 config.max_functions,
                 config.max_function_name,
@@ -140,6 +161,13 @@ class Shard:
                 config.shards,
             ),
         )
+
+    def _owns(self, func: bytes) -> bool:
+        return routing.shard_for(func, self.config.shards) == self.index
+
+    def _retry_policy(self, func: bytes) -> RetryPolicy | None:
+        """A function's retry policy in the running config (for the dead set's bounds)."""
+        return self.config.function_settings(func).retry
 
     def _attach(self, name: str) -> Segment:
         seg = Segment.attach(name)
@@ -188,6 +216,8 @@ class Shard:
             self.scheduler, self.joblog, run_id, self.index, self.config.shards
         ):
             log.error("job log %s cannot be written: background jobs are refused", path)
+        if self.cron.load(time.time()):
+            log.info("%d schedules loaded", len(self.cron.schedules()))
 
     def progress(self, done: int) -> None:
         """Tell the supervisor that a long start moves on: it extends systemd's start timeout
@@ -196,7 +226,8 @@ class Shard:
             self.control[layout.CTRL_PROGRESS] += 1 + done
 
     def publish_stats(self, now: float) -> None:
-        """Once a second: gauges, the job log's size, and the function table with --metrics."""
+        """Once a second: gauges, the job log's size, and the function table with --metrics or
+        --http."""
         sched = self.scheduler
         running = sched.running_count()
         fs = self.function_stats
@@ -229,6 +260,8 @@ class Shard:
             return
         sched = self.scheduler
         lost_set = set(lost)
+        self.dead.keep_replays_of(lost_set)
+        self.cron.refused(lost_set)
         for handle in lost:
             shard_admin.cancel_job(sched, handle)
         out = sched.out
@@ -257,6 +290,7 @@ class Shard:
         in_rings = [r.ring for r in receivers]
         bell = self.my_bell
         stats = self.stats
+        dead, cron = self.dead, self.cron
         tick = 0
         while self.running:
             timeout = 1.0
@@ -266,6 +300,9 @@ class Shard:
                 deadline = sched.next_deadline()
                 if deadline is not None:
                     timeout = min(timeout, max(0.0, deadline - time.time()))
+                due = cron.next_deadline()
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due - time.time()))
             if self.paused:
                 pass  # input waits; a front rings us once it has made room in our output rings
             elif not announce_sleep(in_rings):
@@ -290,7 +327,11 @@ class Shard:
             deadline = sched.next_deadline()
             if deadline is not None and deadline <= now:
                 sched.tick(now)
+            if not self.draining:
+                cron.run_due(sched, now)
+            dead.commit(now)  # a dead job's row is durable before its DONE record
             self.commit()  # before any reply (JOB_CREATED) can reach a front
+            cron.commit()  # a run's job is durable before its minute is marked done
             if sched.out:
                 self.route()
             if control is not None:
@@ -312,6 +353,8 @@ class Shard:
             if now >= stats.next_publish:  # once a second (stats.py)
                 self.publish_stats(now)
         joblog.close()
+        dead.close()
+        cron.close()
         for seg in self.segments:
             seg.close()
 
@@ -355,6 +398,9 @@ class Shard:
                         sched.out.append(HEADER.pack(OP_REPLY, 0, extra, conn) + NO_JOB_PACKET)
                     else:
                         sched.handle_packet(conn, arg, m[16:], now, extra)
+                elif arg == SUBMIT_JOB_SCHED:  # cron.py: a schedule, kept by this shard
+                    packet = self.cron.submit(m[16:], now, sched._new_handle)
+                    sched.out.append(HEADER.pack(OP_REPLY, 0, extra, conn) + packet)
                 elif extra == messages.REPLAYED and arg in RESULT_TYPES:
                     # a result re-sent after our predecessor died: apply it if the job is still
                     # running here; an error ("not found": it was done) must not reach the worker
@@ -436,7 +482,13 @@ class Shard:
     def admin(self, conn: int, gid: int, body: bytes) -> None:
         """Answer an admin request from a front (orjson in, orjson out)."""
         request = orjson.loads(body)
-        result = shard_admin.answer(self.scheduler, request, log.error)
+        cmd = str(request.get("cmd", ""))
+        if cmd.startswith("dead_"):
+            result = deadset.answer(self.dead, self.scheduler, request, time.time())
+        elif cmd.startswith("cron_"):
+            result = self.cron.answer(request)
+        else:
+            result = shard_admin.answer(self.scheduler, request, log.error)
         self.send(
             messages.front_of(conn),
             messages.pack(messages.OP_ADMIN_REPLY, conn, orjson.dumps(result), extra=gid),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardgear.jobs import FUTURE, QUEUED, RUNNING
+from shardgear.jobs import FUTURE, OUTCOME_NAMES, QUEUED, RUNNING
 from shardgear.messages import json_bytes, json_text
 from shardgear.scheduler import Scheduler
 
@@ -26,8 +26,15 @@ def answer(sched: Scheduler, request: dict[str, Any], log: Any = None) -> Any:
         return [(json_text(f), *rest) for f, *rest in status(sched)]
     if cmd == "priority_status":
         return [(json_text(f), *rest) for f, *rest in priority_status(sched)]
+    if cmd == "show_functions":
+        return [(json_text(f), *rest) for f, *rest in show_functions(sched)]
     if cmd == "show_jobs":
         return [(json_text(h), *rest) for h, *rest in show_jobs(sched)]
+    if cmd == "show_retries":
+        return [
+            (json_text(h), json_text(f), json_text(u), n, st, nxt, last, why, json_text(err))
+            for h, f, u, n, st, nxt, last, why, err in show_retries(sched)
+        ]
     if cmd == "show_unique_jobs":
         return [json_text(u) for u in show_unique_jobs(sched)]
     if cmd == "status_unique":
@@ -70,9 +77,39 @@ def priority_status(sched: Scheduler) -> list[tuple[bytes, int, int, int, int]]:
     return rows
 
 
+def show_functions(sched: Scheduler) -> list[tuple[bytes, int, int, int, int, int, int]]:
+    """``show functions`` rows: (function, runnable HIGH, NORMAL, LOW, waiting (epoch jobs and
+    jobs waiting for their next attempt), running, registered workers)."""
+    return [
+        (f.name, f.ready[0], f.ready[1], f.ready[2], sum(f.future), f.running, len(f.workers))
+        for f in sched.functions()
+    ]
+
+
 def show_jobs(sched: Scheduler) -> list[tuple[bytes, int, int, int]]:
     """``show jobs`` rows: (handle, retries, ignored 0/1, persisted 0/1) of every job."""
     return [(j.handle, j.retries, int(j.ignored), int(j.stored)) for j in sched.jobs()]
+
+
+def show_retries(
+    sched: Scheduler,
+) -> list[tuple[bytes, bytes, bytes, int, str, float, float, str, bytes]]:
+    """``show retries`` rows, one per job with a failed attempt under a retry policy: (handle,
+    function, unique, failed attempts, "waiting"/"queued"/"running", next attempt (epoch
+    seconds, 0 unless waiting), last failure (epoch seconds), its reason, its error data)."""
+    rows = []
+    for j in sched.jobs():
+        st = j.retry
+        if st is None or not st.failures:
+            continue
+        waiting = j.state == FUTURE
+        state = "waiting" if waiting else "running" if j.state == RUNNING else "queued"
+        reason = OUTCOME_NAMES.get(st.reason, "")
+        rows.append(
+            (j.handle, j.func, j.unique, st.failures, state, st.next_at if waiting else 0.0,
+             st.last_failed, reason, st.error)
+        )  # fmt: skip
+    return rows
 
 
 def show_unique_jobs(sched: Scheduler) -> list[bytes]:

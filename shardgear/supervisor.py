@@ -56,6 +56,7 @@ from shardgear import __version__, build_info, logs, stats
 from shardgear.child import EXIT_BOOT_ERROR
 from shardgear.config import Config
 from shardgear.config_file import ConfigError, reload_changes
+from shardgear.httpd import METRICS_UPSTREAM_ENV
 from shardgear.instance import Instance, prefix_for_port
 from shardgear.live_config import SEGMENT_BYTES, SettingsWriter
 from shardgear.reshard import prepare_job_logs
@@ -140,6 +141,7 @@ class Supervisor:
         self.settings: SettingsWriter | None = None
         self.stats: stats.StatsReader | None = None
         self.rings: list[tuple[str, str, memoryview]] = []  # (from, to, header words)
+        self.metrics_upstream = ""  # our metrics listener when the HTTP process shares its port
         self.reload_generation = 0  # the settings generation every child must acknowledge
         self.reload_deadline = 0.0
         self.next_watchdog = 0.0
@@ -157,7 +159,9 @@ class Supervisor:
             log.warning("removed %d stale shared-memory segments of a dead server", len(removed))
         inst = self.instance
         config = self.config
-        n_children = config.fronts + config.shards
+        # a slot of the control block, the stats segment and the doorbells per child; the HTTP
+        # process (--http) has the last one
+        n_children = config.fronts + config.shards + (1 if config.http else 0)
         self.control_seg = self._create(inst.control, layout.control_bytes(n_children))
         self.control = self.control_seg.buf.cast("Q")
         self.stack.callback(self.control.release)
@@ -166,7 +170,7 @@ class Supervisor:
         self.stack.callback(self.settings.release)
         self.settings.publish(config)
         table_bytes = 0
-        if config.metrics:  # function tables; each segment must fit RLIMIT_FSIZE too
+        if config.function_stats:  # function tables; each segment must fit RLIMIT_FSIZE too
             room = fsize_cap(layout.stats_bytes(n_children, config.shards, stats.TABLE_BYTES))
             table_bytes = (room - layout.stats_bytes(n_children, 0, 0)) // config.shards & ~4095
         stats_seg = self._create(
@@ -235,6 +239,8 @@ class Supervisor:
         if child.role == "front" and self.inherited:
             fds = fds + self.inherited
             env = dict(os.environ, **{LISTEN_FDS_ENV: ",".join(map(str, self.inherited))})
+        elif child.role == "http" and self.metrics_upstream:
+            env = dict(os.environ, **{METRICS_UPSTREAM_ENV: self.metrics_upstream})
         # SIGHUP stays blocked (pending, not lost) across the spawn: the child inherits the mask
         # and unblocks it once it ignores SIGHUP, so a HUP to the whole group (systemctl kill)
         # cannot kill a child that is still starting.
@@ -432,20 +438,32 @@ class Supervisor:
         return out
 
     def start_metrics(self) -> None:
-        """Serve Prometheus metrics on --metrics (a thread of ours; children do nothing)."""
+        """Serve Prometheus metrics on --metrics (a thread of ours; children do nothing). When
+        --http names the same address, the HTTP process owns it and forwards /metrics to our
+        listener on loopback (httpd.py)."""
         from shardgear import httpd, metrics
 
         assert self.stats is not None
         source = metrics.Source(self.stats, self.metrics_processes, self.metrics_rings)
         router = httpd.Router()
         router.mount("/metrics", metrics.make_app(metrics.make_registry(source)))
+        shared = self.config.metrics == self.config.http
+        address = "127.0.0.1:0" if shared else self.config.metrics
         try:
-            server = httpd.HttpServer(self.config.metrics, router)
+            server = httpd.HttpServer(address, router)
         except OSError as exc:
-            raise HaltServer(f"cannot serve metrics on {self.config.metrics}: {exc}") from None
+            raise HaltServer(f"cannot serve metrics on {address}: {exc}") from None
         server.start()
         self.stack.callback(server.stop)
-        log.info("metrics on http://%s/metrics", self.config.metrics)
+        if shared:
+            self.metrics_upstream = f"127.0.0.1:{server.port}"
+            log.info(
+                "metrics on http://%s/metrics (the HTTP process forwards them to %s)",
+                self.config.metrics,
+                self.metrics_upstream,
+            )
+        else:
+            log.info("metrics on http://%s/metrics", self.config.metrics)
 
     # ------------------------------------------------------------------ loop
 
@@ -478,6 +496,8 @@ class Supervisor:
                     Child("front", f, self.instance.front_slot(f))
                     for f in range(self.config.fronts)
                 ]
+                if self.config.http:  # the HTTP API (http_server.py), a client of the fronts
+                    self.children.append(Child("http", 0, self.instance.http_slot))
                 for child in self.children:  # together: a front waits for the shards itself
                     self.spawn(child)
                 self.loop(rfd)

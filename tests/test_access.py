@@ -160,3 +160,13 @@ def test_peer_names_from_a_certificate() -> None:
         "spiffe://example.com/worker",
     )
     assert peer_names(None) == () and peer_names({}) == ()
+
+
+def test_every_admin_command_has_a_rule_name() -> None:
+    # the front looks each parsed command up (admin_commands.COMMAND_NAMES): one missing would be
+    # a KeyError for every use of it
+    from shardgear.admin_commands import COMMAND_NAMES
+    from shardgear.proto.admin import AdminCommand
+
+    assert set(COMMAND_NAMES) == set(AdminCommand)
+    assert set(COMMAND_NAMES.values()) - {"unknown"} == READ_ONLY | STATE_CHANGING

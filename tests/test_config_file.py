@@ -216,3 +216,9 @@ def test_tls_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
         build_config(write(tmp_path, "tls-port = 4731\n"), {})
     with pytest.raises(ConfigError, match="cannot load tls-cert"):
         build_config(write(tmp_path, 'tls-cert = "/nonexistent.pem"\n'), {})
+
+
+def test_http_needs_the_plain_listener_beside_tls(tmp_path: Path) -> None:
+    # the HTTP process is a plain-text loopback client of the fronts
+    with pytest.raises(ConfigError, match="http needs the plain-text listener"):
+        build_config(write(tmp_path, 'http = "127.0.0.1:8080"\ntls-cert = "/x.pem"\n'), {})

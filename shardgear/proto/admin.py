@@ -22,6 +22,18 @@ checked against gearmand 1.1.20 on the wire. What that showed beyond the spec ta
   ``\\n`` (spec quirk); here the name is the token, which the parser has already stripped.
 * ``shutdown`` / ``shutdown graceful`` are unknown commands in gearmand >= 1.1.15; shardgear keeps
   them with the pre-1.1.15 replies (``OK\\r\\n``, other arguments give INVALID_ARGUMENTS).
+
+Commands of shardgear's own (retries, the dead set and cron schedules, issue 9), in gearmand's
+style (lists end with ``.``, one tab-separated line per item, times in integer epoch seconds,
+errors and payloads percent-escaped with `escape` so that a line stays one line):
+
+* ``show functions``: per function the runnable jobs by priority, the waiting (epoch or retry),
+  running and workers (`format_show_functions`);
+* ``show retries``: jobs with failed attempts under a retry policy (`format_show_retries`);
+* ``show dead jobs [FUNC|*] [LIMIT]`` (newest first, LIMIT default 100), ``show dead job ID``,
+  ``show dead functions``; ``replay dead job ID``, ``replay dead function FUNC``,
+  ``replay dead all`` (``OK REPLAYED REFUSED``); ``delete dead ...`` the same (``OK DELETED``);
+* ``show schedules``; ``remove schedule FUNC [UNIQUE]`` (no UNIQUE: the empty unique).
 """
 
 from __future__ import annotations
@@ -83,6 +95,15 @@ class AdminCommand(enum.Enum):
     CREATE_FUNCTION = enum.auto()
     DROP_FUNCTION = enum.auto()
     SHUTDOWN = enum.auto()
+    SHOW_FUNCTIONS = enum.auto()
+    SHOW_RETRIES = enum.auto()
+    SHOW_DEAD_JOBS = enum.auto()
+    SHOW_DEAD_JOB = enum.auto()
+    SHOW_DEAD_FUNCTIONS = enum.auto()
+    REPLAY_DEAD = enum.auto()
+    DELETE_DEAD = enum.auto()
+    SHOW_SCHEDULES = enum.auto()
+    REMOVE_SCHEDULE = enum.auto()
     UNKNOWN = enum.auto()
 
 
@@ -91,7 +112,10 @@ class ParsedAdmin(NamedTuple):
 
     ``args`` by command: MAXQUEUE ``[FUNC, *numbers]`` (give it to :func:`maxqueue_limits`);
     CANCEL_JOB ``[HANDLE]``; CREATE_FUNCTION and DROP_FUNCTION ``[FUNC]``; SHUTDOWN ``[]`` or
-    ``[b"graceful"]``; otherwise ``[]``. When ``error`` is not None it is the complete reply to
+    ``[b"graceful"]``; SHOW_DEAD_JOBS ``[FUNC, LIMIT]`` (b"" for every function / the default);
+    SHOW_DEAD_JOB ``[ID]`` (digits); REPLAY_DEAD and DELETE_DEAD ``[b"job", ID]``,
+    ``[b"function", FUNC]`` or ``[b"all"]``; REMOVE_SCHEDULE ``[FUNC, UNIQUE]``; otherwise ``[]``.
+    When ``error`` is not None it is the complete reply to
     send instead of running anything (``command`` then says what the line tried to be, UNKNOWN
     if nothing).
     """
@@ -146,7 +170,22 @@ def parse_admin(tokens: list[bytes]) -> ParsedAdmin:
             return ParsedAdmin(AdminCommand.SHOW_JOBS, [], None)
         if keywords == [b"unique", b"jobs"]:
             return ParsedAdmin(AdminCommand.SHOW_UNIQUE_JOBS, [], None)
+        if keywords == [b"functions"]:
+            return ParsedAdmin(AdminCommand.SHOW_FUNCTIONS, [], None)
+        if keywords == [b"retries"]:
+            return ParsedAdmin(AdminCommand.SHOW_RETRIES, [], None)
+        if keywords == [b"schedules"]:
+            return ParsedAdmin(AdminCommand.SHOW_SCHEDULES, [], None)
+        if keywords[0] == b"dead":
+            return _parse_show_dead(token, tokens[2:])
         return ParsedAdmin(AdminCommand.UNKNOWN, [], ERR_UNKNOWN_SHOW_ARGUMENTS)
+    if name in (b"replay", b"delete") and argc > 1 and tokens[1].lower() == b"dead":
+        return _parse_dead_command(token, tokens[2:])
+    if name == b"remove" and argc > 1 and tokens[1].lower() == b"schedule":
+        if argc not in (3, 4) or not tokens[2]:
+            return ParsedAdmin(AdminCommand.REMOVE_SCHEDULE, [], invalid_arguments(token))
+        unique = tokens[3] if argc == 4 else b""
+        return ParsedAdmin(AdminCommand.REMOVE_SCHEDULE, [tokens[2], unique], None)
     if name == b"cancel" and argc > 2:
         if argc == 3 and tokens[1].lower() == b"job":
             return ParsedAdmin(AdminCommand.CANCEL_JOB, [tokens[2]], None)
@@ -163,6 +202,37 @@ def parse_admin(tokens: list[bytes]) -> ParsedAdmin:
             return ParsedAdmin(AdminCommand.SHUTDOWN, [b"graceful"], None)
         return ParsedAdmin(AdminCommand.SHUTDOWN, [], invalid_arguments(token))
     return ParsedAdmin(AdminCommand.UNKNOWN, [], unknown_command(token))
+
+
+def _parse_show_dead(token: bytes, rest: list[bytes]) -> ParsedAdmin:
+    """``show dead jobs [FUNC|*] [LIMIT]``, ``show dead job ID``, ``show dead functions``."""
+    what = rest[0].lower() if rest else b""
+    if what == b"functions" and len(rest) == 1:
+        return ParsedAdmin(AdminCommand.SHOW_DEAD_FUNCTIONS, [], None)
+    if what == b"jobs" and len(rest) <= 3:
+        func = rest[1] if len(rest) > 1 and rest[1] != b"*" else b""
+        limit = rest[2] if len(rest) > 2 else b""
+        if limit and not limit.isdigit():
+            return ParsedAdmin(AdminCommand.SHOW_DEAD_JOBS, [], invalid_arguments(token))
+        return ParsedAdmin(AdminCommand.SHOW_DEAD_JOBS, [func, limit], None)
+    if what == b"job":
+        if len(rest) != 2 or not rest[1].isdigit():
+            return ParsedAdmin(AdminCommand.SHOW_DEAD_JOB, [], invalid_arguments(token))
+        return ParsedAdmin(AdminCommand.SHOW_DEAD_JOB, [rest[1]], None)
+    return ParsedAdmin(AdminCommand.UNKNOWN, [], ERR_UNKNOWN_SHOW_ARGUMENTS)
+
+
+def _parse_dead_command(token: bytes, rest: list[bytes]) -> ParsedAdmin:
+    """``replay|delete dead job ID``, ``... function FUNC``, ``... all``."""
+    command = AdminCommand.REPLAY_DEAD if token.lower() == b"replay" else AdminCommand.DELETE_DEAD
+    what = rest[0].lower() if rest else b""
+    if what == b"all" and len(rest) == 1:
+        return ParsedAdmin(command, [b"all"], None)
+    if what == b"job" and len(rest) == 2 and rest[1].isdigit():
+        return ParsedAdmin(command, [b"job", rest[1]], None)
+    if what == b"function" and len(rest) == 2 and rest[1]:
+        return ParsedAdmin(command, [b"function", rest[1]], None)
+    return ParsedAdmin(command, [], invalid_arguments(token))
 
 
 # C atoi: optional leading isspace(), optional sign, then digits; anything after is ignored.
@@ -246,5 +316,117 @@ def format_show_jobs(rows: Iterable[tuple[bytes, int, int, int]]) -> bytes:
 def format_show_unique_jobs(uniques: Iterable[bytes]) -> bytes:
     """``show unique jobs``: ``UNIQUE\\n`` per job (an empty line for no unique), then ``.\\n``."""
     lines = [unique + b"\n" for unique in uniques]
+    lines.append(END_OF_LIST)
+    return b"".join(lines)
+
+
+# ---------------------------------------------------------------------------- shardgear's own
+
+ERR_UNKNOWN_SCHEDULE: Final = b"ERR UNKNOWN_SCHEDULE\r\n"
+"""``remove schedule F U`` for a schedule that does not exist."""
+
+_PLAIN: Final = frozenset(range(0x21, 0x7F)) - {0x25}  # printable ASCII but '%'
+
+
+def escape(raw: bytes) -> bytes:
+    """Percent-escape every byte that is not printable ASCII (and ``%`` itself), so that error
+    texts and payloads fit on one admin line: ``b"a b\\t%"`` -> ``b"a%20b%09%25"``."""
+    if all(b in _PLAIN for b in raw):
+        return raw
+    return b"".join(bytes((b,)) if b in _PLAIN else b"%%%02X" % b for b in raw)
+
+
+def unescape(text: bytes) -> bytes:
+    """The inverse of `escape` (malformed escapes are kept as they are)."""
+    if b"%" not in text:
+        return text
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == 0x25 and _is_hex(text[i + 1 : i + 3]):
+            out.append(int(text[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(c)
+            i += 1
+    return bytes(out)
+
+
+def _is_hex(pair: bytes) -> bool:
+    return len(pair) == 2 and all(c in b"0123456789abcdefABCDEF" for c in pair)
+
+
+def error_reply(code: bytes, text: str) -> bytes:
+    """``ERR CODE text`` with the text escaped (gearmand URL-encodes its error texts too)."""
+    return b"ERR " + code + b" " + escape(text.encode()) + b"\r\n"
+
+
+def format_counts(*counts: int) -> bytes:
+    """``OK N [M]``: what a replay (replayed, refused) or a delete (deleted) did."""
+    return b"OK " + b" ".join(b"%d" % n for n in counts) + b"\r\n"
+
+
+def format_show_functions(rows: Iterable[tuple[bytes, int, int, int, int, int, int]]) -> bytes:
+    """``show functions``: ``NAME\\tHIGH\\tNORMAL\\tLOW\\tWAITING\\tRUNNING\\tWORKERS\\n``
+    per function, then ``.\\n``."""
+    lines = [b"%s\t%d\t%d\t%d\t%d\t%d\t%d\n" % row for row in rows]
+    lines.append(END_OF_LIST)
+    return b"".join(lines)
+
+
+def format_show_retries(
+    rows: Iterable[tuple[bytes, bytes, bytes, int, str, float, float, str, bytes]],
+) -> bytes:
+    """``show retries``: ``HANDLE\\tFUNCTION\\tUNIQUE\\tFAILURES\\tSTATE\\tNEXT\\tLAST_FAILED\\t
+    REASON\\tERROR\\n`` per job, then ``.\\n``. STATE is waiting, queued or running; NEXT the
+    next attempt of a waiting job (0 otherwise)."""
+    lines = [
+        b"%s\t%s\t%s\t%d\t%s\t%d\t%d\t%s\t%s\n"
+        % (h, f, u, n, state.encode(), nxt, last, reason.encode(), escape(err))
+        for h, f, u, n, state, nxt, last, reason, err in rows
+    ]
+    lines.append(END_OF_LIST)
+    return b"".join(lines)
+
+
+#: A dead job as the admin commands show it: id, function, unique, attempts, first failure, last
+#: failure, reason, payload size, error.
+DeadRow = tuple[int, bytes, bytes, int, float, float, str, int, bytes]
+
+
+def format_dead_jobs(rows: Iterable[DeadRow]) -> bytes:
+    """``show dead jobs``: ``ID\\tFUNCTION\\tUNIQUE\\tATTEMPTS\\tFIRST_FAILED\\tLAST_FAILED\\t
+    REASON\\tSIZE\\tERROR\\n`` per job, then ``.\\n``."""
+    lines = [
+        b"%d\t%s\t%s\t%d\t%d\t%d\t%s\t%d\t%s\n"
+        % (rid, f, u, n, first, last, reason.encode(), size, escape(err))
+        for rid, f, u, n, first, last, reason, size, err in rows
+    ]
+    lines.append(END_OF_LIST)
+    return b"".join(lines)
+
+
+def format_dead_job(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """``show dead job ID``: ``NAME\\tVALUE\\n`` per field (values escaped), then ``.\\n``."""
+    lines = [name + b"\t" + escape(value) + b"\n" for name, value in fields]
+    lines.append(END_OF_LIST)
+    return b"".join(lines)
+
+
+def format_dead_functions(rows: Iterable[tuple[bytes, int, int]]) -> bytes:
+    """``show dead functions``: ``FUNCTION\\tDEAD\\tDROPPED\\n`` per function, then ``.\\n``."""
+    lines = [b"%s\t%d\t%d\n" % row for row in rows]
+    lines.append(END_OF_LIST)
+    return b"".join(lines)
+
+
+def format_schedules(rows: Iterable[tuple[bytes, bytes, str, float, float, bytes]]) -> bytes:
+    """``show schedules``: ``FUNCTION\\tUNIQUE\\tMIN HOUR MDAY MON WDAY\\tNEXT_RUN\\tLAST_RUN\\t
+    HANDLE\\n`` per schedule (LAST_RUN 0: never ran), then ``.\\n``."""
+    lines = [
+        b"%s\t%s\t%s\t%d\t%d\t%s\n" % (f, u, expr.encode(), nxt, last, h)
+        for f, u, expr, nxt, last, h in rows
+    ]
     lines.append(END_OF_LIST)
     return b"".join(lines)
