@@ -48,6 +48,7 @@ COMPILED = [
     "shardgear/scheduler.py",
     "shardgear/joblog.py",
     "shardgear/recovery.py",
+    "shardgear/attempts.py",
     "shardgear/shard_admin.py",
     "shardgear/shard.py",
     "shardgear/stats.py",

@@ -78,13 +78,11 @@ from collections.abc import Callable, Iterable, MutableSequence
 from itertools import islice
 from typing import Final, cast
 
-from . import retries, routing
+from . import attempts, retries, routing
 from .jobs import (
     FUTURE,
     GONE,
     NO_CLIENTS,
-    OUT_EXCEPTION,
-    OUT_FAIL,
     OUT_LOST,
     OUT_TIMEOUT,
     QUEUED,
@@ -859,7 +857,7 @@ class Scheduler:
             self._send(conn, _ERR_NO_JOB_DATA)
         elif job.clients:
             if job.retry is not None or job.fn.retry is not None:  # retries.hold may keep it
-                self._relay_held(job, retries.hold(job, _RES + _pack(ptype, len(body)) + body))
+                attempts.relay(self, job, retries.hold(job, _RES + _pack(ptype, len(body)) + body))
             else:
                 self._relay(job, _RES + _pack(ptype, len(body)) + body)
 
@@ -878,7 +876,7 @@ class Scheduler:
         job.den = atou32(parts[2])
         if job.clients:
             if job.retry is not None or job.fn.retry is not None:  # retries.hold may keep it
-                self._relay_held(job, retries.hold(job, _RES + _pack(ptype, len(body)) + body))
+                attempts.relay(self, job, retries.hold(job, _RES + _pack(ptype, len(body)) + body))
             else:
                 self._relay(job, _RES + _pack(ptype, len(body)) + body)
 
@@ -891,8 +889,8 @@ class Scheduler:
             err = _ERR_NO_JOB_RESULT if ptype == WORK_COMPLETE else _ERR_NO_JOB_EXC
             self._send(conn, err)
             return
-        if (job.retry is not None or job.fn.retry is not None) and self._attempt_ended(
-            job, ptype, body[i + 1 :] if i >= 0 else b"", now
+        if (job.retry is not None or job.fn.retry is not None) and attempts.ended(
+            self, job, ptype, body[i + 1 :] if i >= 0 else b"", now
         ):
             return  # it waits for its next attempt
         if job.clients:
@@ -914,8 +912,8 @@ class Scheduler:
         if job is None:
             self._send(conn, _ERR_NO_JOB_RESULT)
             return
-        if (job.retry is not None or job.fn.retry is not None) and self._attempt_ended(
-            job, WORK_FAIL, b"", now
+        if (job.retry is not None or job.fn.retry is not None) and attempts.ended(
+            self, job, WORK_FAIL, b"", now
         ):
             return  # it waits for its next attempt
         if job.clients:
@@ -958,31 +956,20 @@ class Scheduler:
 
     def _requeue(self, job: Job, now: float, outcome: int = OUT_LOST) -> None:
         """A held job's worker left (`outcome` OUT_LOST) or timed out (OUT_TIMEOUT): the job goes
-        back to its queue, waits for its next attempt under its function's retry policy, or is
-        dropped (the retry limit, or a policy's last attempt)."""
+        back to its queue, waits for its next attempt under its function's retry policy
+        (`attempts.lost`), or is dropped (the retry limit, or a policy's last attempt)."""
         self._release(job)
         if job.ignored:
             self._forget(job)
             return
-        policy = job.fn.retry
-        if policy is not None and policy.applies(job):
-            if policy.on & outcome:
-                st = retries.record_failure(job, outcome, b"", now)
-                at = retries.next_attempt(policy, st, now, self._rng)
-                if at is not None:
-                    self._delay(job, at)
-                else:
-                    self._give_up(job, now)
-                    self._drop(job)
-                return
-            retries.end_attempt(job)  # requeued as gearmand would: this attempt never happened
+        if job.fn.retry is not None and attempts.lost(self, job, outcome, now):
+            return
         job.retries += 1
         if 0 < self.job_retries <= job.retries:
             if self._log is not None:
                 self._log(f"Dropped job due to max retry count: {job.handle.decode('latin-1')}")
-            if policy is not None and policy.applies(job):
-                retries.record_failure(job, outcome, b"", now)
-                self._give_up(job, now)
+            if job.fn.retry is not None:
+                attempts.last_failure(self, job, outcome, now)
             self._drop(job)
             return
         job.num = 0
@@ -1004,67 +991,6 @@ class Scheduler:
         if w.timer_job is job:
             w.timer_at = None
             w.timer_job = None
-
-    def _attempt_ended(self, job: Job, ptype: int, error: bytes, now: float) -> bool:
-        """A held job that has a retry state or a policy ended its attempt with WORK_COMPLETE,
-        WORK_FAIL or WORK_EXCEPTION (`error`: its data). True if the policy took the job (it
-        waits for its next attempt; nobody hears of this failure); False if the attempt is the
-        last and the caller ends the job as usual (its held packets have gone to the clients
-        first, and a dead-lettered job is in the dead set)."""
-        policy = job.fn.retry
-        outcome = OUT_FAIL if ptype == WORK_FAIL else OUT_EXCEPTION
-        if (
-            ptype == WORK_COMPLETE
-            or policy is None  # a reload took the policy away mid-attempt
-            or not policy.applies(job)
-            or not policy.on & outcome  # a failure the policy does not count ends the job
-        ):
-            self._relay_held(job, retries.release_held(job))
-            return False
-        st = retries.record_failure(job, outcome, error, now)
-        at = retries.next_attempt(policy, st, now, self._rng)
-        if at is None:
-            self._give_up(job, now)
-            return False
-        if self._metrics is not None:
-            self._metrics.ended(job, ptype, now)  # the attempt's result; _delay counts a requeue
-        w = job.worker
-        assert w is not None
-        self._release(job)
-        if not w.funcs and not w.jobs:  # a recovered worker that has not registered again
-            self._maybe_forget_worker(w)
-        self._delay(job, at)
-        return True
-
-    def _delay(self, job: Job, at: float) -> None:
-        """A released job waits in the timer heap (state FUTURE) until `at` for its next attempt,
-        keeping its handle, unique and clients."""
-        retries.end_attempt(job)
-        st = job.retry
-        assert st is not None
-        st.next_at = at
-        job.num = 0
-        job.den = 0
-        job.state = FUTURE
-        job.fn.future[job.priority] += 1
-        self._seq += 1
-        heapq.heappush(self._epochs, (at, self._seq, job))
-        if self._joblog is not None:
-            self._joblog.delay(job, at)
-        if self._metrics is not None:
-            self._metrics.requeued(job)
-
-    def _give_up(self, job: Job, now: float) -> None:
-        """The failure just recorded is the job's last: send the attempt's held packets on, and
-        put a background job in the dead set if its policy says so."""
-        self._relay_held(job, retries.release_held(job))
-        policy = job.fn.retry
-        if job.background and policy is not None and policy.dead_letter and self._dead is not None:
-            self._dead.add(job, now)
-
-    def _relay_held(self, job: Job, packets: list[bytes]) -> None:
-        for packet in packets:
-            self._relay(job, packet)
 
     def _finish(self, job: Job) -> None:
         """A held job completed, failed or raised."""
