@@ -234,9 +234,10 @@ def test_a_reload_takes_rights_away_at_once_and_gives_new_ones(tmp_path: Path) -
         assert worker.expect(g.ERROR)[0] == b"JOB_NOT_FOUND"
         worker.send(g.ECHO_REQ, b"still connected")
         assert worker.expect(g.ECHO_RES) == [b"still connected"]
+        # both, in either order: the front logs the revocation before the shard requeues
+        # `first`, so `second` may be queued ahead of it
         newcomer = g.worker(site.tls("worker-2"), secure)
-        assert g.grab_job(newcomer)[0] == first
-        assert g.grab_job(newcomer)[0] == second
+        assert {g.grab_job(newcomer)[0], g.grab_job(newcomer)[0]} == {first, second}
     finally:
         site.close_all()
         site.server.stop()
