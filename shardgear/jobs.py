@@ -62,7 +62,6 @@ class Job:
         "data",
         "den",
         "fn",
-        "func",
         "handle",
         "mark",
         "n",
@@ -93,7 +92,6 @@ class Job:
         self.handle = handle
         self.n = 0  # the handle's number (handle = prefix + b":%d" % n), set by the scheduler
         self.fn = fn
-        self.func: bytes = fn.name  # the function name, for stores and introspection
         self.unique = unique
         self.data = data
         self.priority = priority  # 0 HIGH, 1 NORMAL, 2 LOW
@@ -111,6 +109,11 @@ class Job:
         self.state = GONE
         self.ukind = UK_NONE
         self.mark = 0.0  # metrics only (stats.FunctionStats): when it was queued or assigned
+
+    @property
+    def func(self) -> bytes:
+        """The function name, for stores and introspection (not a slot: 8 bytes less per job)."""
+        return self.fn.name
 
     @property
     def ignored(self) -> bool:
