@@ -32,7 +32,6 @@ The schedule is written synchronously when it is submitted, so its JOB_CREATED n
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,11 +42,10 @@ from cronsim import CronSim, CronSimError
 from shardgear.messages import json_bytes, json_text
 from shardgear.proto.packets import PacketType, error_packet, response
 from shardgear.scheduler import MAX_UNIQUE, NORMAL, Scheduler
-from shardgear.statedb import StateDbError, open_db, transaction
+from shardgear.statedb import StateDb, StateDbError, transaction
 
 __all__ = ["Crontab", "Schedule", "db_path", "last_match", "next_match", "parse_fields"]
 
-RETRY_INTERVAL: Final = 5.0
 FIELD_NAMES: Final = ("minute", "hour", "day of month", "month", "day of week")
 
 _SCHEMA: Final = (
@@ -155,12 +153,10 @@ class Crontab:
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
-        self._owns = owns
-        self._synchronous = synchronous
         self._log = log
-        self._conn: sqlite3.Connection | None = None
-        self._retry_at = 0.0
-        self._error = ""
+        self._store = StateDb(
+            path, _SCHEMA, what="schedules", owns=owns, synchronous=synchronous, say=self._say
+        )
         self._schedules: dict[tuple[bytes, bytes], Schedule] = {}
         self._next: float | None = None
         self._ran: dict[tuple[bytes, bytes], float] = {}  # last runs to write after the log
@@ -172,39 +168,10 @@ class Crontab:
         if self._log is not None:
             self._log(msg)
 
-    def _db(self, create: bool = True) -> sqlite3.Connection | None:
-        if self._conn is None and time.monotonic() >= self._retry_at:
-            if not create:
-                try:
-                    with open(self.path, "rb"):
-                        pass
-                except OSError:
-                    return None
-            try:
-                self._conn = open_db(
-                    self.path, _SCHEMA, synchronous=self._synchronous, owns=self._owns
-                )
-                self._error = ""
-            except StateDbError as exc:
-                self._failed(str(exc))
-        return self._conn
-
-    def _failed(self, text: str) -> None:
-        if text != self._error:
-            self._say(f"schedules: {text}")
-        self._error = text
-        self._retry_at = time.monotonic() + RETRY_INTERVAL
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
-        self._conn = None
-
     def load(self, now: float) -> int:
         """Read this shard's schedules; those that missed a run while the server was down are
         due at once (and run once). Return how many were loaded."""
-        conn = self._db(create=False)
+        conn = self._store.get(create=False)
         if conn is None:
             return 0
         try:
@@ -215,7 +182,7 @@ class Crontab:
                 )
             )
         except sqlite3.Error as exc:
-            self._failed(f"cannot read {self.path}: {exc}")
+            self._store.failed(f"cannot read {self.path}: {exc}")
             return 0
         for func, uniq, expr, data, handle, created, last_run in rows:
             s = Schedule(
@@ -232,9 +199,7 @@ class Crontab:
 
     def close(self) -> None:
         self.commit()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._store.close()
 
     # ------------------------------------------------------------------ SUBMIT_JOB_SCHED
 
@@ -257,10 +222,10 @@ class Crontab:
             return error_packet(b"INVALID_ARGUMENT", str(exc).encode())
         handle = new_handle()
         s = Schedule(func, unique, expr, data, handle, now, 0.0, next_match(expr, now))
-        conn = self._db()
+        conn = self._store.get()
         try:
             if conn is None:
-                raise sqlite3.OperationalError(self._error)
+                raise sqlite3.OperationalError(self._store.error)
             with transaction(conn):
                 conn.execute(
                     "INSERT OR REPLACE INTO schedules (func, uniq, expr, data, handle, created,"
@@ -269,7 +234,7 @@ class Crontab:
                 )
         except sqlite3.Error as exc:
             if conn is not None:
-                self._failed(f"cannot write {self.path}: {exc}")
+                self._store.failed(f"cannot write {self.path}: {exc}")
             return error_packet(b"QUEUE_ERROR", b"Persistent store failed: could not save it")
         self._ran.pop((func, unique), None)
         self._schedules[(func, unique)] = s
@@ -320,7 +285,7 @@ class Crontab:
         self._run_handles.clear()
         if not self._ran:
             return
-        conn = self._db()
+        conn = self._store.get()
         if conn is None:
             return
         try:
@@ -330,7 +295,7 @@ class Crontab:
                     [(at, f, u) for (f, u), at in self._ran.items()],
                 )
         except sqlite3.Error as exc:
-            self._failed(f"cannot write {self.path}: {exc}")
+            self._store.failed(f"cannot write {self.path}: {exc}")
             return
         self._ran.clear()
 
@@ -345,15 +310,15 @@ class Crontab:
         StateDbError if the database cannot forget it (then it stays)."""
         if (func, unique) not in self._schedules:
             return False
-        conn = self._db()
+        conn = self._store.get()
         try:
             if conn is None:
-                raise sqlite3.OperationalError(self._error)
+                raise sqlite3.OperationalError(self._store.error)
             with transaction(conn):
                 conn.execute("DELETE FROM schedules WHERE func = ? AND uniq = ?", (func, unique))
         except sqlite3.Error as exc:
             if conn is not None:
-                self._failed(f"cannot write {self.path}: {exc}")
+                self._store.failed(f"cannot write {self.path}: {exc}")
             raise StateDbError(f"cannot remove the schedule: {exc}") from exc
         del self._schedules[(func, unique)]
         self._ran.pop((func, unique), None)

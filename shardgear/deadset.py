@@ -41,11 +41,10 @@ from shardgear.jobs import OUTCOME_NAMES, Job
 from shardgear.messages import json_bytes, json_text
 from shardgear.retries import RetryPolicy
 from shardgear.scheduler import Scheduler
-from shardgear.statedb import StateDbError, open_db, transaction
+from shardgear.statedb import StateDb, StateDbError, transaction
 
 __all__ = ["DeadJob", "DeadSet", "answer", "db_path", "replay"]
 
-RETRY_INTERVAL: Final = 5.0
 EXPIRE_INTERVAL: Final = 60.0
 MAX_WAITING: Final = 10_000
 
@@ -187,11 +186,10 @@ class DeadSet:
         self.path = path
         self._owns = owns
         self._policy_of = policy_of
-        self._synchronous = synchronous
         self._log = log
-        self._conn: sqlite3.Connection | None = None
-        self._retry_at = 0.0
-        self._error = ""
+        self._store = StateDb(
+            path, _SCHEMA, what="dead set", owns=owns, synchronous=synchronous, say=self._say
+        )
         self._waiting: list[_Row] = []  # this turn's dead jobs (and earlier ones not yet written)
         self._replayed: dict[int, bytes] = {}  # dead row id -> handle of its replayed job
         self._taken: set[int] = set()  # ids replayed this turn: hidden until deleted
@@ -205,38 +203,10 @@ class DeadSet:
         if self._log is not None:
             self._log(msg)
 
-    def _db(self) -> sqlite3.Connection | None:
-        """The open connection, opening it if its retry time has come (None while it fails)."""
-        if self._conn is None and time.monotonic() >= self._retry_at:
-            try:
-                self._conn = open_db(
-                    self.path, _SCHEMA, synchronous=self._synchronous, owns=self._owns
-                )
-                if self._error:
-                    self._say(f"dead set {self.path} open again")
-                self._error = ""
-            except StateDbError as exc:
-                self._failed(str(exc))
-        return self._conn
-
-    def _failed(self, text: str) -> None:
-        if text != self._error:
-            self._say(f"dead set: {text}")
-        self._error = text
-        self._retry_at = time.monotonic() + RETRY_INTERVAL
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
-        self._conn = None
-
     def close(self) -> None:
         """Write what waits (best effort) and close the file."""
         self.commit(time.time())
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._store.close()
 
     # ------------------------------------------------------------------ the scheduler's hook
 
@@ -274,7 +244,7 @@ class DeadSet:
             if not self._exists():  # nothing ever died: nothing to expire
                 self._next_expire = now + EXPIRE_INTERVAL
                 return
-        conn = self._db()
+        conn = self._store.get()
         if conn is None:
             if len(self._waiting) > MAX_WAITING:
                 extra = len(self._waiting) - MAX_WAITING
@@ -295,7 +265,7 @@ class DeadSet:
                 if now >= self._next_expire:
                     self._expire(conn, now)
         except sqlite3.Error as exc:
-            self._failed(f"cannot write {self.path}: {exc}")
+            self._store.failed(f"cannot write {self.path}: {exc}")
             return
         if now >= self._next_expire:
             self._next_expire = now + EXPIRE_INTERVAL
@@ -329,18 +299,18 @@ class DeadSet:
                 conn.execute(_COUNT_DROPS, (func, cur.rowcount))
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = self._db()
+        conn = self._store.get()
         if conn is None:
-            raise StateDbError(self._error)
+            raise StateDbError(self._store.error)
         try:
             return list(conn.execute(sql, args))
         except sqlite3.Error as exc:
-            self._failed(f"cannot read {self.path}: {exc}")
-            raise StateDbError(self._error) from exc
+            self._store.failed(f"cannot read {self.path}: {exc}")
+            raise StateDbError(self._store.error) from exc
 
     def _exists(self) -> bool:
         """False while the file was never created (nothing ever died): reads need not create it."""
-        if self._conn is not None:
+        if self._store.conn is not None:
             return True
         try:
             with open(self.path, "rb"):
@@ -446,15 +416,15 @@ class DeadSet:
         where, args = self._selection(rid, func)
         if not where:
             return 0
-        conn = self._db()
+        conn = self._store.get()
         if conn is None:
-            raise StateDbError(self._error)
+            raise StateDbError(self._store.error)
         try:
             with transaction(conn):
                 cur = conn.execute(f"DELETE FROM dead WHERE {where}", args)
         except sqlite3.Error as exc:
-            self._failed(f"cannot write {self.path}: {exc}")
-            raise StateDbError(self._error) from exc
+            self._store.failed(f"cannot write {self.path}: {exc}")
+            raise StateDbError(self._store.error) from exc
         return max(0, cur.rowcount)
 
 

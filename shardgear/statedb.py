@@ -6,7 +6,9 @@ and reads and writes only the rows of the functions it owns (`routing.shard_for`
 ever shared in memory and a change of the shard count needs no migration. Writes are rare (a
 job's last failure, an admin command, a schedule's run) and batched per loop turn by the owner.
 
-`open_db` creates the directory and the file (mode 0640), switches to WAL,
+`StateDb` holds one such file for a shard: opened when first needed, and after a failure left
+closed for `RETRY_INTERVAL` seconds, so a full or unwritable disk costs a log line, never the
+shard. `open_db` creates the directory and the file (mode 0640), switches to WAL,
 sets the busy timeout and the durability (``synchronous``) and creates the schema. It raises
 `StateDbError` with the path and the reason; callers log it and retry later, never crash.
 """
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 BUSY_TIMEOUT_MS: Final = 5000
+RETRY_INTERVAL: Final = 5.0  # seconds a failed database stays closed before the next try
 _SYNC_MODES: Final = {"normal": "NORMAL", "full": "FULL"}
 
 
@@ -90,3 +93,68 @@ class transaction:
             self.conn.execute("COMMIT")
         elif self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+
+
+class StateDb:
+    """One state database as a shard uses it: opened on first use; after a failure (logged once
+    per distinct reason through `say`, prefixed with `what`) closed and retried no sooner than
+    `RETRY_INTERVAL` seconds later.
+
+    Attributes:
+        path: the SQLite file.
+        conn: the open connection, or None (not opened yet, or failed).
+        error: the last failure's text; "" once an open succeeded.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        schema: Iterable[str],
+        *,
+        what: str,
+        owns: Callable[[bytes], bool] | None = None,
+        synchronous: str = "normal",
+        say: Callable[[str], None] = lambda msg: None,
+    ) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection | None = None
+        self.error = ""
+        self._schema = tuple(schema)
+        self._what = what
+        self._owns = owns
+        self._synchronous = synchronous
+        self._say = say
+        self._retry_at = 0.0
+
+    def get(self, create: bool = True) -> sqlite3.Connection | None:
+        """The connection, opening the file if it is time to (with `create` False, only a file
+        that exists); None while it cannot be had."""
+        if self.conn is None and time.monotonic() >= self._retry_at:
+            if not create and not os.path.exists(self.path):
+                return None
+            try:
+                self.conn = open_db(
+                    self.path, self._schema, synchronous=self._synchronous, owns=self._owns
+                )
+                if self.error:
+                    self._say(f"{self._what} {self.path} open again")
+                self.error = ""
+            except StateDbError as exc:
+                self.failed(str(exc))
+        return self.conn
+
+    def failed(self, text: str) -> None:
+        """A read or write failed (`text` says what and why): log it, close, retry later."""
+        if text != self.error:
+            self._say(f"{self._what}: {text}")
+        self.error = text
+        self._retry_at = time.monotonic() + RETRY_INTERVAL
+        self.close()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except sqlite3.Error:
+                pass
+            self.conn = None

@@ -177,6 +177,6 @@ def test_an_unwritable_database_keeps_the_jobs_for_later(tmp_path: Path) -> None
     d.commit(500.0)
     assert logs and "cannot open" in logs[0]
     blocker.unlink()
-    d._retry_at = 0.0  # the retry interval, shortened for the test
+    d._store._retry_at = 0.0  # the retry interval, shortened for the test
     d.commit(501.0)
     assert len(d.newest()) == 1
