@@ -217,11 +217,12 @@ def test_same_unique_twice_on_one_connection_gets_each_packet_once(
 
 
 def test_two_clients_coalesce_on_the_server(target: Target, fname: str) -> None:
-    thread, seen = raw_worker(target.address, fname, COMPLETE_REVERSED)
     with Client(target.address) as one, Client(target.address) as two:
         a = one.submit(fname, b"xyz", unique="co-" + fname)
         b = two.submit(fname, b"ignored", unique="co-" + fname)
         assert a.handle == b.handle
+        # the worker starts only now: one already running could finish `a` before `b` arrives
+        thread, seen = raw_worker(target.address, fname, COMPLETE_REVERSED)
         assert a.result(TIMEOUT) == b.result(TIMEOUT) == b"zyx"
     thread.join(TIMEOUT)
     assert len(seen) == 1
