@@ -203,10 +203,13 @@ class Crontab:
 
     # ------------------------------------------------------------------ SUBMIT_JOB_SCHED
 
-    def submit(self, body: bytes, now: float, new_handle: Callable[[], bytes]) -> bytes:
+    def submit(
+        self, body: bytes, now: float, new_handle: Callable[[], bytes], max_name: int = 0
+    ) -> bytes:
         """Apply a SUBMIT_JOB_SCHED body; return the reply packet: JOB_CREATED with the
-        schedule's handle, or ERROR (a bad field, a unique over 64 bytes, a database that
-        cannot keep it)."""
+        schedule's handle, or ERROR (a bad field, a unique over 64 bytes, a function name over
+        `max_name` bytes (0: no limit), a database that cannot keep it). The name is checked
+        here: a schedule the shard would refuse to run must not be kept, to fail every minute."""
         parts = body.split(b"\0", 7)
         if len(parts) < 8:
             return error_packet(
@@ -216,6 +219,11 @@ class Crontab:
         func, unique, data = parts[0], parts[1], parts[7]
         if len(unique) > MAX_UNIQUE:
             return _ERR_UNIQUE
+        if max_name and len(func) > max_name:
+            return error_packet(
+                b"ARGUMENT_TOO_LARGE",
+                b"Function name longer than max-function-name (%d bytes)" % max_name,
+            )
         try:
             expr = parse_fields(parts[2:7])
         except ValueError as exc:

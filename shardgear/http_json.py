@@ -491,7 +491,7 @@ def _int(value: str, name: str) -> int:
 
 
 def _dead_id(raw: bytes) -> int:
-    if not raw.isdigit():
+    if not raw.isdigit() or len(raw) > 18:  # the ids are SQLite rowids: under 2**63
         raise HttpError(404, "dead job ids are numbers")
     return int(raw)
 

@@ -399,7 +399,9 @@ class Shard:
                     else:
                         sched.handle_packet(conn, arg, m[16:], now, extra)
                 elif arg == SUBMIT_JOB_SCHED:  # cron.py: a schedule, kept by this shard
-                    packet = self.cron.submit(m[16:], now, sched._new_handle)
+                    packet = self.cron.submit(
+                        m[16:], now, sched._new_handle, self.config.max_function_name
+                    )
                     sched.out.append(HEADER.pack(OP_REPLY, 0, extra, conn) + packet)
                 elif extra == messages.REPLAYED and arg in RESULT_TYPES:
                     # a result re-sent after our predecessor died: apply it if the job is still

@@ -204,6 +204,11 @@ def parse_admin(tokens: list[bytes]) -> ParsedAdmin:
     return ParsedAdmin(AdminCommand.UNKNOWN, [], unknown_command(token))
 
 
+def _is_id(raw: bytes) -> bool:
+    """ASCII digits that fit a signed 64-bit integer (the shards' SQLite and orjson need one)."""
+    return raw.isdigit() and len(raw) <= 19 and int(raw) <= _LONG_MAX
+
+
 def _parse_show_dead(token: bytes, rest: list[bytes]) -> ParsedAdmin:
     """``show dead jobs [FUNC|*] [LIMIT]``, ``show dead job ID``, ``show dead functions``."""
     what = rest[0].lower() if rest else b""
@@ -212,11 +217,11 @@ def _parse_show_dead(token: bytes, rest: list[bytes]) -> ParsedAdmin:
     if what == b"jobs" and len(rest) <= 3:
         func = rest[1] if len(rest) > 1 and rest[1] != b"*" else b""
         limit = rest[2] if len(rest) > 2 else b""
-        if limit and not limit.isdigit():
+        if limit and not _is_id(limit):
             return ParsedAdmin(AdminCommand.SHOW_DEAD_JOBS, [], invalid_arguments(token))
         return ParsedAdmin(AdminCommand.SHOW_DEAD_JOBS, [func, limit], None)
     if what == b"job":
-        if len(rest) != 2 or not rest[1].isdigit():
+        if len(rest) != 2 or not _is_id(rest[1]):
             return ParsedAdmin(AdminCommand.SHOW_DEAD_JOB, [], invalid_arguments(token))
         return ParsedAdmin(AdminCommand.SHOW_DEAD_JOB, [rest[1]], None)
     return ParsedAdmin(AdminCommand.UNKNOWN, [], ERR_UNKNOWN_SHOW_ARGUMENTS)
@@ -228,7 +233,7 @@ def _parse_dead_command(token: bytes, rest: list[bytes]) -> ParsedAdmin:
     what = rest[0].lower() if rest else b""
     if what == b"all" and len(rest) == 1:
         return ParsedAdmin(command, [b"all"], None)
-    if what == b"job" and len(rest) == 2 and rest[1].isdigit():
+    if what == b"job" and len(rest) == 2 and _is_id(rest[1]):
         return ParsedAdmin(command, [b"job", rest[1]], None)
     if what == b"function" and len(rest) == 2 and rest[1]:
         return ParsedAdmin(command, [b"function", rest[1]], None)

@@ -67,6 +67,20 @@ def test_bad_fields_get_an_error_and_no_schedule(server, connect, func_name: byt
     assert [s for s in schedules(client) if s[0] == func_name.decode()] == []
 
 
+def test_a_function_name_over_max_function_name_is_refused_at_submission(
+    start_server, connect
+) -> None:
+    """Kept, such a schedule would be refused by its shard at each of its minutes (an ERROR in
+    the log every minute, and a client told JOB_CREATED for a schedule that never runs)."""
+    srv = start_server("--max-function-name", "16")
+    client = connect(srv.address)
+    t, (code, _text) = schedule(client, b"f" * 17, b"u", "* * * * *")
+    assert (t, code) == (ERROR, b"ARGUMENT_TOO_LARGE")
+    assert schedules(client) == []
+    t, _args = schedule(client, b"f" * 16, b"u", "* * * * *")
+    assert t == JOB_CREATED
+
+
 def test_schedules_are_listed_replaced_and_removed(server, connect, func_name: bytes) -> None:
     admin = connect()
     name = func_name.decode()

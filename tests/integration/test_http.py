@@ -202,6 +202,10 @@ def test_the_json_api(start_server) -> None:
     assert api(http, "/dead") == (200, {"jobs": []})
     assert api(http, "/dead/12345")[0] == 404
     assert api(http, "/dead/12345/replay", "POST")[0] == 404
+    huge = "9" * 25  # past 64 bits: no such job (it used to kill the fronts it reached)
+    for path, method in ((f"/dead/{huge}", "GET"), (f"/dead/{huge}", "DELETE")):
+        assert api(http, path, method)[0] == 404
+    assert api(http, f"/dead/{huge}/replay", "POST")[0] == 404
     assert api(http, "/nothing")[0] == 404
 
 

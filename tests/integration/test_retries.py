@@ -148,3 +148,23 @@ def test_a_waiting_job_survives_a_crash_of_its_shard(
     assert h == handle  # its second attempt, after the wait
     w.send(WORK_COMPLETE, h, b"ok")
     wait_for(lambda: retries(admin) == [], what="the job to end")
+
+
+def test_dead_set_ids_and_limits_past_64_bits_are_refused_and_no_front_dies(
+    start_server, connect
+) -> None:
+    srv = start_server()
+    admin = connect(srv.address)
+    huge = "9" * 25
+    for line in (
+        f"show dead job {huge}",
+        f"show dead jobs * {huge}",
+        f"replay dead job {huge}",
+        "delete dead job 9223372036854775808",
+        "show dead job " + "1" * 5000,
+    ):
+        assert admin.admin(line).startswith("ERR INVALID_ARGUMENTS"), line
+    assert admin.admin("show dead job 9223372036854775807").startswith("ERR")
+    assert admin.admin("show dead functions") == ".\n"
+    log = srv.stderr_text()
+    assert "Traceback" not in log and "crashed" not in log, log
