@@ -277,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="payload bytes of one function's jobs, queued or running (default: 1G; 0 = no limit)",
     )
+    setting(
+        "--max-schedules",
+        metavar="N",
+        help="cron schedules (SUBMIT_JOB_SCHED) the server keeps (default: 10000; 0 = no limit)",
+    )
     p.add_argument(
         "-V",
         "--version",

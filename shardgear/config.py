@@ -160,6 +160,7 @@ class Config:
     max_functions: int = 100_000  # functions known to the server
     max_function_name: int = 512  # bytes (gearmand's GEARMAN_FUNCTION_MAX_SIZE)
     max_queued_bytes: int = 1024 * MIB  # payload bytes of the jobs of one function; 0 = no limit
+    max_schedules: int = 10_000  # SUBMIT_JOB_SCHED schedules kept (cron.py); 0 = no limit
 
     @property
     def tls(self) -> bool:

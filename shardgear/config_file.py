@@ -276,6 +276,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("max-functions", "max_functions", int_range(0)),
     Setting("max-function-name", "max_function_name", int_range(0)),
     Setting("max-queued-bytes", "max_queued_bytes", size(0)),
+    Setting("max-schedules", "max_schedules", int_range(0)),
 )
 BY_KEY: Final = {s.key: s for s in SETTINGS}
 RELOADABLE: Final = frozenset(s.field for s in SETTINGS if s.reload) | {"functions", "access"}

@@ -204,12 +204,18 @@ class Crontab:
     # ------------------------------------------------------------------ SUBMIT_JOB_SCHED
 
     def submit(
-        self, body: bytes, now: float, new_handle: Callable[[], bytes], max_name: int = 0
+        self,
+        body: bytes,
+        now: float,
+        new_handle: Callable[[], bytes],
+        max_name: int = 0,
+        max_count: int = 0,
     ) -> bytes:
         """Apply a SUBMIT_JOB_SCHED body; return the reply packet: JOB_CREATED with the
         schedule's handle, or ERROR (a bad field, a unique over 64 bytes, a function name over
-        `max_name` bytes (0: no limit), a database that cannot keep it). The name is checked
-        here: a schedule the shard would refuse to run must not be kept, to fail every minute."""
+        `max_name` bytes, a new schedule beyond `max_count` on this shard (0: no limit for
+        either), a database that cannot keep it). The name is checked here: a schedule the shard
+        would refuse to run must not be kept, to fail every minute."""
         parts = body.split(b"\0", 7)
         if len(parts) < 8:
             return error_packet(
@@ -223,6 +229,11 @@ class Crontab:
             return error_packet(
                 b"ARGUMENT_TOO_LARGE",
                 b"Function name longer than max-function-name (%d bytes)" % max_name,
+            )
+        new = (func, unique) not in self._schedules  # a replacement is never refused
+        if max_count and new and len(self._schedules) >= max_count:
+            return error_packet(
+                b"QUEUE_ERROR", b"Too many schedules (max-schedules: %d on this shard)" % max_count
             )
         try:
             expr = parse_fields(parts[2:7])

@@ -399,8 +399,13 @@ class Shard:
                     else:
                         sched.handle_packet(conn, arg, m[16:], now, extra)
                 elif arg == SUBMIT_JOB_SCHED:  # cron.py: a schedule, kept by this shard
+                    cfg = self.config
                     packet = self.cron.submit(
-                        m[16:], now, sched._new_handle, self.config.max_function_name
+                        m[16:],
+                        now,
+                        sched._new_handle,
+                        cfg.max_function_name,
+                        -(-cfg.max_schedules // cfg.shards),  # this shard's share
                     )
                     sched.out.append(HEADER.pack(OP_REPLY, 0, extra, conn) + packet)
                 elif extra == messages.REPLAYED and arg in RESULT_TYPES:

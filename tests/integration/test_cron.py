@@ -81,6 +81,22 @@ def test_a_function_name_over_max_function_name_is_refused_at_submission(
     assert t == JOB_CREATED
 
 
+def test_max_schedules_refuses_new_schedules_past_each_shards_share(
+    start_server, connect, make_name
+) -> None:
+    """One client must not fill the schedules' database: `--max-schedules 2` on 2 shards keeps
+    one per shard. Replacing a kept schedule (same function and unique) is never refused."""
+    srv = start_server("--max-schedules", "2", "--shards", "2")
+    client = connect(srv.address)
+    a, b, other = make_name("s", shard=0), make_name("s", shard=0), make_name("s", shard=1)
+    assert schedule(client, a, b"u", "* * * * *")[0] == JOB_CREATED
+    t, (code, _text) = schedule(client, b, b"u", "* * * * *")
+    assert (t, code) == (ERROR, b"QUEUE_ERROR")
+    assert schedule(client, a, b"u", "*/5 * * * *")[0] == JOB_CREATED  # a replacement
+    assert schedule(client, other, b"u", "* * * * *")[0] == JOB_CREATED  # the other shard's
+    assert sorted(row[0] for row in schedules(client)) == sorted([a.decode(), other.decode()])
+
+
 def test_schedules_are_listed_replaced_and_removed(server, connect, func_name: bytes) -> None:
     admin = connect()
     name = func_name.decode()
