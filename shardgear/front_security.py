@@ -15,7 +15,8 @@ connect and do what, and the front calls in with one-line hooks:
 
 Denials are answered as gearmand answers errors: an ERROR packet ``PERMISSION_DENIED`` with a text
 that names the identity, the action and the function (an admin line: ``ERR PERMISSION_DENIED
-...``); each is logged at WARNING (rate-limited: `shardgear.log_limit`) and counted in `denials`.
+...``); each is logged at WARNING (rate-limited: `shardgear.log_limit`) and counted in the
+front's stats block (`shardgear_access_denied_total`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from shardgear.limits import ConnectionLimits
 from shardgear.log_limit import LogLimiter
 from shardgear.messages import REVOKE_ABILITY, json_bytes, json_text
 from shardgear.proto.packets import PacketType, error_packet, response
+from shardgear.shm import layout
 from shardgear.sockets import bind_listener
 
 if TYPE_CHECKING:
@@ -65,7 +67,13 @@ class FrontSecurity:
             config.max_connections, config.max_connections_per_peer, config.fronts
         )
         self.warn = LogLimiter(log)
-        self.denials: dict[str, int] = {SUBMIT: 0, WORK: 0, STATUS: 0, "admin": 0}
+        #: the stats block's counter of each kind of denial (the metrics' access_denied_total)
+        self.denial_counter = {
+            SUBMIT: layout.ST_DENIED_SUBMIT,
+            WORK: layout.ST_DENIED_WORK,
+            STATUS: layout.ST_DENIED_STATUS,
+            "admin": layout.ST_DENIED_ADMIN,
+        }
         self.context: ssl.SSLContext | None = None
         #: the TLS context of the main listener (--listen/--port); None: plain text
         self.main_context: ssl.SSLContext | None = None
@@ -167,7 +175,7 @@ class FrontSecurity:
         """The ERROR PERMISSION_DENIED packet for a denied request; logs and counts it."""
         ident = self.identity(conn)
         name = func.decode("utf-8", "replace")
-        self.denials[action] += 1
+        self.front.stats.block[self.denial_counter[action]] += 1
         self.warn.warning(
             f"denied {action} {ident}",
             "access denied: %s may not %s function %r",
@@ -224,7 +232,7 @@ class FrontSecurity:
         ident = self.identity(conn)
         if self.access.admin_allows(ident, command):
             return None
-        self.denials["admin"] += 1
+        self.front.stats.block[layout.ST_DENIED_ADMIN] += 1
         who = self.access.admin_rule(command)
         self.warn.warning(
             f"denied admin {ident}",

@@ -12,7 +12,8 @@ Metrics (labels in braces; ``role`` is front, shard or http, ``index`` its numbe
   dropped}_total{function,priority}``; histograms ``shardgear_job_queue_wait_seconds`` and
   ``shardgear_job_run_seconds{function,priority}``. Function tables are up to a second old.
 * per process: ``shardgear_connections``, ``shardgear_connections_accepted_total``,
-  ``shardgear_protocol_closes_total``, ``shardgear_backpressure_pauses_total`` (fronts);
+  ``shardgear_protocol_closes_total``, ``shardgear_backpressure_pauses_total``,
+  ``shardgear_access_denied_total{action}`` (fronts);
   ``shardgear_shard_jobs_queued``, ``shardgear_shard_jobs_running``,
   ``shardgear_store_commits_total``, ``shardgear_store_commit_failures_total`` (job log writes),
   histograms ``shardgear_store_commit_seconds`` and ``shardgear_store_batch_bytes``,
@@ -48,6 +49,13 @@ from shardgear.shm import layout
 
 PRIORITIES: Final = ("high", "normal", "low")
 _TICKS: Final = os.sysconf("SC_CLK_TCK")
+#: action label -> a front's stats block counter of requests the access rules refused
+_DENIALS: Final = (
+    ("submit", layout.ST_DENIED_SUBMIT),
+    ("work", layout.ST_DENIED_WORK),
+    ("status", layout.ST_DENIED_STATUS),
+    ("admin", layout.ST_DENIED_ADMIN),
+)
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -156,6 +164,11 @@ class ShardgearCollector(Collector):
                 ("process_cpu_seconds", "CPU time (user + system) of a front or shard"),
             )
         }
+        denied = CounterMetricFamily(
+            "shardgear_access_denied",
+            "Requests refused by the access rules, by kind (submit, work, status, admin)",
+            labels=[*labels, "action"],
+        )
         commit = HistogramMetricFamily(
             "shardgear_store_commit_seconds", "Duration of a job log write", labels=labels
         )
@@ -179,6 +192,8 @@ class ShardgearCollector(Collector):
                 c["connections_accepted"].add_metric(lv, b[layout.ST_ACCEPTED])
                 c["protocol_closes"].add_metric(lv, b[layout.ST_PROTOCOL_CLOSES])
                 c["backpressure_pauses"].add_metric(lv, b[layout.ST_PAUSES])
+                for action, field in _DENIALS:
+                    denied.add_metric([*lv, action], b[field])
                 continue
             if p.role != "shard":  # the HTTP process (--http): restarts, CPU and memory only
                 continue
@@ -208,6 +223,7 @@ class ShardgearCollector(Collector):
             )
         yield from g.values()
         yield from c.values()
+        yield denied
         yield commit
         yield batch
 

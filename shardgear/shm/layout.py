@@ -370,6 +370,10 @@ ST_STORE_COMMIT_NS: Final = 8
 ST_STORE_FAILURES: Final = 9
 ST_LOG_BYTES: Final = 10
 ST_LOG_SNAPSHOTS: Final = 11
+ST_DENIED_SUBMIT: Final = 12  # requests refused by the access rules (front_security.py)
+ST_DENIED_WORK: Final = 13
+ST_DENIED_STATUS: Final = 14
+ST_DENIED_ADMIN: Final = 15
 ST_STORE_COMMIT_BUCKETS: Final = 16
 ST_STORE_BATCH_BUCKETS: Final = 32
 #: Upper bounds (seconds) of the store commit-time buckets; a last bucket holds the rest (+Inf).

@@ -20,7 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO, Server, free_port
 from tests.gearclient import (
+    CAN_DO,
+    ERROR,
     JOB_ASSIGN,
+    SUBMIT_JOB_BG,
     WORK_COMPLETE,
     WORK_EXCEPTION,
     WORK_FAIL,
@@ -269,3 +272,28 @@ def test_a_metrics_address_in_use_is_refused_at_start(tmp_path):
     finally:
         taken.close()
 
+
+
+def test_requests_the_access_rules_refuse_are_counted(metrics_server, connect, tmp_path):
+    """Issue 8: a denied request is answered, logged and counted, by kind."""
+    config = tmp_path / "shardgear.toml"
+    config.write_text('[access.functions."locked-*"]\nsubmit = ["10.9.9.9"]\nwork = ["10.9.9.9"]\n')
+    srv, mport = metrics_server("--config", str(config))
+    client = connect(srv.address)
+    for _ in range(2):
+        client.send(SUBMIT_JOB_BG, b"locked-a", b"", b"x")
+        assert client.expect(ERROR)[0] == b"PERMISSION_DENIED"
+    w = connect(srv.address)
+    w.send(CAN_DO, b"locked-a")
+    assert w.expect(ERROR)[0] == b"PERMISSION_DENIED"
+    assert submit(client, b"open-a", b"x", bg=True)  # a function no rule restricts
+
+    def counted() -> Samples | None:
+        s = scrape(mport)
+        name = "shardgear_access_denied_total"
+        if total(s, name, action="submit") == 2 and total(s, name, action="work") == 1:
+            return s
+        return None
+
+    s = wait_for(counted, timeout=10, what="the denials in the scrape")
+    assert total(s, "shardgear_access_denied_total", action="admin") == 0
