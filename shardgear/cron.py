@@ -47,6 +47,7 @@ from shardgear.statedb import StateDb, StateDbError, transaction
 __all__ = ["Crontab", "Schedule", "db_path", "last_match", "next_match", "parse_fields"]
 
 FIELD_NAMES: Final = ("minute", "hour", "day of month", "month", "day of week")
+MAX_FIELD: Final = 256  # characters in one field: every minute of an hour listed is 170
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS schedules (
@@ -81,12 +82,16 @@ def parse_fields(fields: list[bytes]) -> str:
             raise ValueError(f"bad {name} field: not ASCII") from None
         if any(c.isspace() for c in text):
             raise ValueError(f"bad {name} field {text!r}: no spaces allowed")
+        if len(text) > MAX_FIELD:
+            raise ValueError(f"bad {name} field: longer than {MAX_FIELD} characters")
         parts.append(text)
     expr = " ".join(parts)
     try:
         CronSim(expr, datetime(2000, 1, 1))
-    except CronSimError as exc:
-        raise ValueError(f"bad schedule {expr!r}: {exc}") from None
+    except (CronSimError, ValueError, OverflowError) as exc:
+        # cronsim lets int() errors through (a field of 5000 digits): name the field, not them
+        reason = str(exc) if isinstance(exc, CronSimError) else "a number out of range"
+        raise ValueError(f"bad schedule {expr!r}: {reason}") from None
     return expr
 
 

@@ -238,6 +238,15 @@ class JsonApi:
         return out
 
     def job(self, parts: list[bytes], query: dict[str, str]) -> dict[str, Any]:
+        # What the front would refuse by closing the link (gearmand's limits: a handle under 64
+        # bytes, a unique of at most 64) or could not frame (a NUL ends a packet's field) is the
+        # HTTP client's mistake: 400, not the 502 of a lost link.
+        if len(parts) == 1 and (len(parts[0]) >= 64 or b"\0" in parts[0]):
+            raise HttpError(400, "a job handle is under 64 bytes, without NUL")
+        if not parts and "unique" in query:
+            raw = query["unique"].encode("utf-8", errors="surrogateescape")
+            if len(raw) > 64 or b"\0" in raw:
+                raise HttpError(400, "a unique is at most 64 bytes, without NUL")
         with self.link() as link:
             try:
                 if len(parts) == 1:

@@ -207,9 +207,14 @@ _DURATION: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?)\s*(ms|s|m|h|d)?\s*", re
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY, "": 1.0}
 
 
+MAX_DURATION: Final = 366 * 86400.0
+"""The longest delay, cap or age a ``retry`` table may give, in seconds (a year): past that a
+value is a typo (``delay = 1e308`` would park a job for ever), not a policy."""
+
+
 def duration(value: Any) -> float:
     """Seconds: a number, or a string with a unit (``"500ms"``, ``"30s"``, ``"5m"``, ``"2h"``,
-    ``"7d"``). Raises ValueError for anything else or a negative or infinite value."""
+    ``"7d"``). Raises ValueError for anything else, a negative value or one over MAX_DURATION."""
     if isinstance(value, bool):
         raise ValueError(f"expected seconds, got {value!r}")
     if isinstance(value, int | float):
@@ -221,8 +226,8 @@ def duration(value: Any) -> float:
         seconds = float(m.group(1)) * _UNIT_SECONDS[(m.group(2) or "").lower()]
     else:
         raise ValueError(f"expected seconds, got {value!r}")
-    if not 0.0 <= seconds < float("inf"):
-        raise ValueError(f"must be 0 or more seconds, got {value!r}")
+    if not 0.0 <= seconds <= MAX_DURATION:
+        raise ValueError(f"must be from 0 to {MAX_DURATION:.0f} seconds (366d), got {value!r}")
     return seconds
 
 

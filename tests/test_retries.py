@@ -65,7 +65,7 @@ def test_every_key_parses() -> None:
         ({"on": ["fail", "crash"]}, "on: unknown failure 'crash'"),
         ({"on": []}, "on: expected a list"),
         ({"backoff": "linear"}, "backoff: must be exponential or fixed"),
-        ({"delay": -1}, "delay: must be 0 or more"),
+        ({"delay": -1}, "delay: must be from 0 to"),
         ({"delay": "10 parsecs"}, "delay: expected seconds"),
         ({"jitter": 1.5}, "jitter: must be from 0 to 1"),
         ({"factor": 0.5}, "factor: must be from 1"),
@@ -102,6 +102,17 @@ def test_a_long_delay_raises_an_unset_cap() -> None:
 )
 def test_durations(text: str, seconds: float) -> None:
     assert duration(text) == seconds
+
+
+@pytest.mark.parametrize("value", [1e308, float("nan"), -1, "367d", 366 * 86400 + 1])
+def test_durations_out_of_range_are_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="must be from 0 to"):
+        duration(value)
+
+
+def test_a_delay_of_1e308_is_refused_with_its_key() -> None:
+    with pytest.raises(ValueError, match=r"^delay: must be from 0 to"):
+        parse_policy({"delay": 1e308})
 
 
 def test_fixed_backoff_is_the_same_every_time() -> None:

@@ -184,6 +184,11 @@ def test_the_json_api(start_server) -> None:
         status, by_unique = api(http, "/jobs?unique=u-1")
         assert status == 200 and by_unique["known"] and not by_unique["running"]
         assert api(http, "/jobs/H:nowhere:1")[1]["known"] is False
+        # what the protocol cannot carry is the request's fault (400), not a lost link (502)
+        for path in ("/jobs?unique=%00", "/jobs?unique=" + "u" * 65, "/jobs/" + "H" * 5000):
+            status, answer = api(http, path)
+            assert status == 400 and "without NUL" in answer["error"], path
+        assert api(http, "/jobs?unique=" + "u" * 64)[1]["known"] is False  # the longest unique
     # schedules
     body = {"function": func, "unique": "nightly", "expression": "0 4 * * *", "data": "x"}
     status, made = api(http, "/schedules", "POST", body)
