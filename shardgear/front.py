@@ -40,7 +40,7 @@ from zlib import crc32
 
 import orjson
 
-from shardgear import grab, logs, messages, routing
+from shardgear import front_lease, grab, logs, messages, routing
 from shardgear.access import SUBMIT, WORK
 from shardgear.admin_commands import AdminCommands
 from shardgear.config import Config
@@ -93,6 +93,7 @@ _CAN_DO_TIMEOUT: Final = int(PacketType.CAN_DO_TIMEOUT)
 _OP_PACKET: Final = messages.OP_PACKET
 _OP_REPLY: Final = messages.OP_REPLY
 _OP_SEND: Final = messages.OP_SEND
+_OP_LEASE: Final = messages.OP_LEASE
 _pack_header = HEADER.pack
 # What dispatch() does inline, by packet type (index -1: response magic)
 _K_OTHER, _K_SUBMIT, _K_WORK = range(3)
@@ -172,6 +173,7 @@ class Front(Replies):
         self.listeners: list[socket.socket] = listeners(config.listen, config.port, config.backlog)
         self.epoll = select.epoll()
         self.security = FrontSecurity(self, config)
+        self.grab_lease = config.grab_lease  # GRABs may be leasable (front_lease.py)
         self.running = True
         self.accepting = True
         self.paused = False
@@ -321,6 +323,7 @@ class Front(Replies):
             generation, self.config = got
             logs.set_level(self.config.log_level)
             self.output_limit = self.config.output_limit
+            self.grab_lease = self.config.grab_lease
             self.unread.limit = self.config.total_output_limit
             self.security.apply_access(self.config.access)
             control[layout.CTRL_SETTINGS] = generation
@@ -615,7 +618,7 @@ class Front(Replies):
             if not msgs:
                 continue
             for m in msgs:
-                op, _arg, extra, conn_id = unpack(m)
+                op, arg, extra, conn_id = unpack(m)
                 if op == _OP_REPLY:
                     conn = by_id.get(conn_id)
                     if conn is None:
@@ -644,6 +647,8 @@ class Front(Replies):
                                 self.release(conn)
                             continue
                     self.fill(conn, s, extra, m[16:])
+                elif op == _OP_LEASE:
+                    front_lease.arrived(self, s, arg, conn_id, m)
                 elif op == _OP_SEND:
                     conn = by_id.get(conn_id)
                     if conn is not None:
@@ -676,6 +681,8 @@ class Front(Replies):
         elif op == messages.OP_EXCEPTION:
             if conn is not None:
                 self.relay_exception(conn, m[16:])
+        elif op == messages.OP_RECALL:
+            front_lease.recalled(self, s, conn_id, m[16:])
         elif op == messages.OP_CLOSE:  # the shard found a protocol error gearmand closes for
             if conn is not None:
                 for entry in conn.pending:  # no reply will come for the refused request
@@ -752,11 +759,18 @@ class Front(Replies):
     def on_grab(self, conn: Conn, ptype: int, body: bytes) -> None:
         conn.sleeping = False
         conn.noop_sent = False
+        if conn.lease is not None and front_lease.grab(self, conn, ptype):
+            return  # answered from the worker's lease, or sent to its shard
+        if conn.lease_wait and front_lease.waited(self, conn, ptype):
+            return
         best = grab.pick(conn, 0)
         if best < 0:
             self.reply(conn, NO_JOB_PACKET)
             return
         func, shard = grab.rotate(conn, best)
+        if self.grab_lease and front_lease.one_shard(self, conn) == shard:
+            front_lease.send_leasable(self, conn, ptype, shard)
+            return
         conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
         conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None, 1 << shard])
         conn.shards_used |= 1 << shard
@@ -803,6 +817,8 @@ class Front(Replies):
         self.forward(conn, shard, ptype, body)
 
     def on_cant_do(self, conn: Conn, ptype: int, body: bytes) -> None:
+        if conn.lease is not None and conn.lease_func == body:
+            front_lease.give_back(self, conn)
         if conn.abilities.pop(body, None) is not None:
             i = conn.rr.index(body)
             del conn.rr[i]
@@ -810,6 +826,8 @@ class Front(Replies):
         self.forward(conn, routing.shard_for(body, self.shards), ptype, body)
 
     def on_reset_abilities(self, conn: Conn, ptype: int, body: bytes) -> None:
+        if conn.lease is not None:
+            front_lease.give_back(self, conn)
         for s in {v[0] for v in conn.abilities.values()}:
             self.forward(conn, s, ptype, b"")
         conn.abilities.clear()
@@ -819,6 +837,8 @@ class Front(Replies):
     def on_pre_sleep(self, conn: Conn, ptype: int, body: bytes) -> None:
         conn.sleeping = True
         conn.noop_sent = False
+        if conn.lease is not None:  # it found no job, so it should have none: safe anyway
+            front_lease.give_back(self, conn)
         for s in {v[0] for v in conn.abilities.values()}:
             self.forward(conn, s, ptype, b"")
 

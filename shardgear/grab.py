@@ -69,6 +69,8 @@ def regrab(front: Front, conn: Conn, shard: int, seq: int) -> bool:
     if best < 0:
         return False
     func, shard = rotate(conn, best)
+    if conn.lease is not None and conn.lease_shard == shard:
+        conn.lease = None  # that shard puts it back when this GRAB arrives (front_lease.py)
     conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
     entry[E_SEQ] = seq
     entry[E_SHARD] = shard

@@ -46,7 +46,17 @@ from shardgear.proto.packets import RES_MAGIC, PacketType
 if TYPE_CHECKING:
     from shardgear.scheduler import Scheduler
 
-__all__ = ["assign_packet", "grabbed", "offer", "outranked", "recall", "release", "returned"]
+__all__ = [
+    "assign_packet",
+    "grabbed",
+    "offer",
+    "outranked",
+    "recall",
+    "release",
+    "returned",
+    "starved",
+    "stop",
+]
 
 _GRAB_JOB: Final = int(PacketType.GRAB_JOB)
 _GRAB_JOB_ALL: Final = int(PacketType.GRAB_JOB_ALL)
@@ -81,7 +91,7 @@ def offer(sched: Scheduler, w: Worker, ptype: int) -> None:
     """`w` was just given a job in answer to a leasable GRAB of type `ptype`: lease it its next
     one, chosen as `Scheduler._grab` would (best priority across its functions, round-robin),
     unless it has none or another worker sleeps on that function (it must get the work)."""
-    if w.lease is not None:
+    if w.lease is not None or not sched.leasing:
         return
     best = 3
     chosen: Function | None = None
@@ -120,26 +130,50 @@ def grabbed(sched: Scheduler, conn: int, handle: bytes, now: float) -> None:
     queue for the worker, which has it; anything else (no such job, held by another) is
     ignored: the worker's results for it then get JOB_NOT_FOUND."""
     job = sched._jobs.get(handle)
-    if job is None:
-        return
     w = sched._workers.get(conn)
-    if job.state == LEASED:
-        if w is None or job.worker is not w:
-            return
-        _clear(sched, w, job)
+    if job is None:
+        pass
+    elif job.state == LEASED:
+        if w is not None and job.worker is w:
+            _clear(sched, w, job)
+            _run(sched, w, job, now)
+            offer(sched, w, w.lease_type)
     elif job.state == QUEUED:
         _dequeue(sched, job)
         if w is None:  # not registered again yet: held like a recovered worker's job
             w = sched._workers[conn] = Worker(conn)
             w.recovered = True
             sched._recovered[conn] = w
-    else:
-        return
+        _run(sched, w, job, now)
+    if w is None or w.lease is None:  # the front waits for a lease: there is none
+        sched.out.append(_header(OP_LEASE, 0, 0, conn))
+
+
+def answer(sched: Scheduler, w: Worker, ptype: int, leasable: bool, now: float) -> bool:
+    """A GRAB of type `ptype` from `w` crossed the lease `w` holds, which its front dropped
+    (it sends GRABs here only while it holds no lease from us). Answer it with the leased job,
+    as the worker's front would have, unless a better job of its functions is queued meanwhile
+    (then the lease goes back and the caller answers it from the queue): True if answered."""
+    job = w.lease
+    assert job is not None
+    p = job.priority
+    for f in w.funcs:
+        r = f.ready
+        if f.nready and (r[0] if p == 1 else (r[0] or r[1]) if p == 2 else 0):
+            release(sched, w)
+            return False
+    _clear(sched, w, job)
+    _run(sched, w, job, now)
+    sched._send(w.conn, assign_packet(ptype, job))
+    if leasable:
+        offer(sched, w, ptype)
+    return True
+
+
+def _run(sched: Scheduler, w: Worker, job: Job, now: float) -> None:
     sched._assign(w, job, w.funcs.get(job.fn, 0), now)
     if job.cancelled and sched._joblog is not None:
         sched._joblog.done(job)  # it runs on unheard, as a running job cancelled
-    if w.lease_type:
-        offer(sched, w, w.lease_type)
 
 
 def returned(sched: Scheduler, conn: int, handle: bytes) -> None:
@@ -207,6 +241,14 @@ def outranked(sched: Scheduler, f: Function, p: int) -> None:
         job = v.lease
         if job is not None and job.priority > p:
             recall(sched, job)
+
+
+def stop(sched: Scheduler) -> None:
+    """A graceful stop began: make no more leases and recall every one held."""
+    sched.leasing = False
+    for w in sched._workers.values():
+        if w.lease is not None:
+            recall(sched, w.lease)
 
 
 def _clear(sched: Scheduler, w: Worker, job: Job) -> None:

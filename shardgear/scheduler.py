@@ -266,6 +266,7 @@ class Scheduler:
         self._running = 0
         self._leased = [0, 0, 0]  # LEASED jobs per priority (lease.py)
         self._nleased = 0  # their sum
+        self.leasing = True  # offer leases (off once a graceful stop began)
         self._reply_conn = -1  # the connection whose request's reply is still to come
         self._reply_seq = 0  # that request's sequence number (see handle_packet)
 
@@ -401,6 +402,10 @@ class Scheduler:
     def running_count(self) -> int:
         """Jobs held by workers now."""
         return self._running
+
+    def leased_count(self) -> int:
+        """Jobs leased to workers' fronts now (`shardgear.lease`): they may start any moment."""
+        return self._nleased
 
     def job_count(self) -> int:
         """Jobs known (queued, future or running)."""
@@ -741,8 +746,8 @@ class Scheduler:
                 for g in funcs:
                     g.sleepers.pop(w, None)
             w.woken = False
-        if w.lease is not None:  # it crossed this GRAB: its front dropped it (lease.py)
-            lease.release(self, w)
+        if w.lease is not None and lease.answer(self, w, ptype, leasable, now):
+            return  # it crossed the worker's lease, which its front dropped (lease.py)
         best = 3
         chosen: Function | None = None
         for f in funcs:
