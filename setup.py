@@ -42,6 +42,7 @@ COMPILED = [
     "shardgear/replies.py",  # the base class of Front: a native class needs a native base
     "shardgear/grab.py",
     "shardgear/front_lease.py",
+    "shardgear/front_workers.py",
     "shardgear/gather.py",
     "shardgear/front_recovery.py",
     "shardgear/front.py",

@@ -35,13 +35,14 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final
 from zlib import crc32
 
 import orjson
 
-from shardgear import front_lease, grab, logs, messages, routing
-from shardgear.access import SUBMIT, WORK
+from shardgear import front_lease, front_workers, grab, logs, messages, routing
+from shardgear.access import SUBMIT
 from shardgear.admin_commands import AdminCommands
 from shardgear.config import Config
 from shardgear.connection import CLOSED, DRAINING, E_DATA, E_SEQ, E_SHARD, Conn
@@ -52,7 +53,7 @@ from shardgear.instance import Instance
 from shardgear.live_config import SettingsReader
 from shardgear.log_limit import LogLimiter
 from shardgear.memory import Trimmer
-from shardgear.messages import HEADER, json_text
+from shardgear.messages import HEADER
 from shardgear.proto import errors
 from shardgear.proto.numbers import fits_int64
 from shardgear.proto.packets import (
@@ -89,7 +90,6 @@ _WORK_FAIL: Final = int(PacketType.WORK_FAIL)
 _WORK_EXCEPTION: Final = int(PacketType.WORK_EXCEPTION)
 _INLINE_RESULTS: Final = frozenset({_WORK_COMPLETE, _WORK_EXCEPTION})
 _WORK_STATUS: Final = int(PacketType.WORK_STATUS)
-_CAN_DO_TIMEOUT: Final = int(PacketType.CAN_DO_TIMEOUT)
 _OP_PACKET: Final = messages.OP_PACKET
 _OP_REPLY: Final = messages.OP_REPLY
 _OP_SEND: Final = messages.OP_SEND
@@ -187,11 +187,11 @@ class Front(Replies):
             self.packet_handlers[t] = self.on_work
         self.packet_handlers.update(
             {
-                P.CAN_DO: self.on_can_do,
-                P.CAN_DO_TIMEOUT: self.on_can_do,
-                P.CANT_DO: self.on_cant_do,
-                P.RESET_ABILITIES: self.on_reset_abilities,
-                P.PRE_SLEEP: self.on_pre_sleep,
+                P.CAN_DO: partial(front_workers.can_do, self),
+                P.CAN_DO_TIMEOUT: partial(front_workers.can_do, self),
+                P.CANT_DO: partial(front_workers.cant_do, self),
+                P.RESET_ABILITIES: partial(front_workers.reset_abilities, self),
+                P.PRE_SLEEP: partial(front_workers.pre_sleep, self),
                 P.GET_STATUS: self.on_get_status,
                 P.GET_STATUS_UNIQUE: self.on_get_status_unique,
                 P.ECHO_REQ: self.on_echo,
@@ -759,7 +759,7 @@ class Front(Replies):
     def on_grab(self, conn: Conn, ptype: int, body: bytes) -> None:
         conn.sleeping = False
         conn.noop_sent = False
-        if conn.lease is not None and front_lease.grab(self, conn, ptype):
+        if conn.lease is not None and front_lease.use(self, conn, ptype):
             return  # answered from the worker's lease, or sent to its shard
         if conn.lease_wait and front_lease.waited(self, conn, ptype):
             return
@@ -770,11 +770,8 @@ class Front(Replies):
         func, shard = grab.rotate(conn, best)
         if self.grab_lease and front_lease.one_shard(self, conn) == shard:
             front_lease.send_leasable(self, conn, ptype, shard)
-            return
-        conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
-        conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None, 1 << shard])
-        conn.shards_used |= 1 << shard
-        self.outbox[shard].append(_pack_header(_OP_PACKET, ptype, seq, conn.id) + func)
+        else:
+            grab.send(self, conn, ptype, shard, ptype, func)
 
     def on_work(self, conn: Conn, ptype: int, body: bytes) -> None:
         end = body.find(b"\0")
@@ -792,55 +789,6 @@ class Front(Replies):
             self.reply(conn, error_packet(*errors.not_found_error(ptype)))
             return
         self.forward(conn, shard, ptype, body)
-
-    def on_can_do(self, conn: Conn, ptype: int, body: bytes) -> None:
-        timeout: bytes | None = None
-        func = body
-        if ptype == _CAN_DO_TIMEOUT:
-            func, sep, value = body.partition(b"\0")
-            if not sep or len(value) > 20 or not fits_int64(value):
-                self.protocol_close(conn, "bad CAN_DO_TIMEOUT")
-                return
-            timeout = body
-        if conn.rights is not None and not conn.rights.may_work(func):
-            self.security.deny(conn, WORK, func)
-            return
-        old = conn.abilities.get(func)
-        if old is not None and old[2] == timeout:
-            return  # already registered: gearmand would count a second registration
-        shard = routing.shard_for(func, self.shards)
-        base = routing.board_slot(func) * 3
-        if old is None:
-            conn.rr.append(func)
-            conn.grab_order.append((func, self.boards[shard], base, shard))
-        conn.abilities[func] = (shard, base, timeout)
-        self.forward(conn, shard, ptype, body)
-
-    def on_cant_do(self, conn: Conn, ptype: int, body: bytes) -> None:
-        if conn.lease is not None and conn.lease_func == body:
-            front_lease.give_back(self, conn)
-        if conn.abilities.pop(body, None) is not None:
-            i = conn.rr.index(body)
-            del conn.rr[i]
-            del conn.grab_order[i]
-        self.forward(conn, routing.shard_for(body, self.shards), ptype, body)
-
-    def on_reset_abilities(self, conn: Conn, ptype: int, body: bytes) -> None:
-        if conn.lease is not None:
-            front_lease.give_back(self, conn)
-        for s in {v[0] for v in conn.abilities.values()}:
-            self.forward(conn, s, ptype, b"")
-        conn.abilities.clear()
-        conn.rr.clear()
-        conn.grab_order.clear()
-
-    def on_pre_sleep(self, conn: Conn, ptype: int, body: bytes) -> None:
-        conn.sleeping = True
-        conn.noop_sent = False
-        if conn.lease is not None:  # it found no job, so it should have none: safe anyway
-            front_lease.give_back(self, conn)
-        for s in {v[0] for v in conn.abilities.values()}:
-            self.forward(conn, s, ptype, b"")
 
     def on_get_status(self, conn: Conn, ptype: int, body: bytes) -> None:
         if len(body) >= 64:
@@ -861,15 +809,8 @@ class Front(Replies):
             return
         if conn.rights is not None and self.security.status_restricted:
             self.security.get_status_unique(conn, body)
-            return
-
-        def finish(parts: list[Any]) -> bytes:
-            for part in parts:
-                if part:
-                    return response(P.STATUS_RES_UNIQUE, body, *(str(x).encode() for x in part))
-            return response(P.STATUS_RES_UNIQUE, body, b"0", b"0", b"0", b"0", b"0")
-
-        self.admin.ask_shards(conn, {"cmd": "status_unique", "unique": json_text(body)}, finish)
+        else:
+            self.admin.status_unique(conn, body)
 
     def on_echo(self, conn: Conn, ptype: int, body: bytes) -> None:
         self.reply(conn, response(P.ECHO_RES, body))

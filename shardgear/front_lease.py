@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from shardgear import grab
 from shardgear.connection import E_DATA, E_PTYPE, E_SHARD, OPEN, Conn
 from shardgear.messages import GRAB_LEASED, HEADER, LEASABLE, LEASE_RETURN, OP_PACKET
 from shardgear.proto.packets import PacketType
@@ -42,11 +43,11 @@ if TYPE_CHECKING:
 __all__ = [
     "arrived",
     "give_back",
-    "grab",
     "one_shard",
     "recalled",
     "send_leasable",
     "shard_restarted",
+    "use",
     "waited",
 ]
 
@@ -83,7 +84,7 @@ def one_shard(front: Front, conn: Conn) -> int:
     return s
 
 
-def grab(front: Front, conn: Conn, ptype: int) -> bool:
+def use(front: Front, conn: Conn, ptype: int) -> bool:
     """A GRAB of type `ptype` from `conn`, which holds a lease. True if it is dealt with: answered
     from the lease (GRAB_LEASED to its shard), or of another type and sent to the lease's shard
     as a plain leasable GRAB (which puts the lease back first: dropped here). False if the
@@ -109,10 +110,7 @@ def send_leasable(front: Front, conn: Conn, ptype: int, shard: int) -> None:
     """Send `conn`'s GRAB of type `ptype` to `shard`, which owns every function of the worker,
     flagged LEASABLE and with no preferred function: the shard's own round-robin is the
     gearmand 2.0 rule, and it may lease the worker its next job."""
-    conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
-    conn.pending.append([seq, shard, ptype, front.shard_epochs[shard], None, 1 << shard])
-    conn.shards_used |= 1 << shard
-    front.outbox[shard].append(_pack(OP_PACKET, ptype | LEASABLE, seq, conn.id))
+    grab.send(front, conn, ptype, shard, ptype | LEASABLE, b"")
 
 
 def arrived(front: Front, shard: int, ptype: int, conn_id: int, message: bytes) -> None:
