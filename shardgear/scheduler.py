@@ -811,8 +811,8 @@ class Scheduler:
 
     def _held(self, conn: int, handle: bytes) -> Job | None:
         job = self._jobs.get(handle)
-        if job is None or job.worker is None or job.worker.conn != conn:
-            return None
+        if job is None or job.worker is None or job.worker.conn != conn or job.state != RUNNING:
+            return None  # a LEASED job has its worker too, but the worker has not got it yet
         return job
 
     def _relay(self, job: Job, packet: bytes) -> None:

@@ -529,3 +529,18 @@ def test_a_graceful_stop_recalls_every_lease_and_makes_no_more() -> None:
     assert rig.s.leased_count() == 2
     g = rig.grab(W1)  # crossing GRAB: answered with the lease, and no new one
     assert g.lease is None and g.handle == hs[1]
+
+
+def test_results_for_a_job_leased_but_not_handed_out_are_refused() -> None:
+    """A worker that guesses the handle of the job leased to it (handles are sequential) has
+    not been given it: its results get JOB_NOT_FOUND, and nothing breaks."""
+    rig = Rig()
+    workers(rig, W1)
+    rig.submit(b"f", b"a")
+    h2 = rig.submit(b"f", b"b")
+    rig.grab(W1)
+    results = ((WORK_COMPLETE, h2 + b"\0x"), (14, h2), (25, h2 + b"\0e"), (28, h2 + b"\0d"))
+    for ptype, body in results:
+        [(op, _, c, raw)] = rig.send(W1, ptype, body)
+        assert (op, c) == (OP_SEND, W1) and packet(raw)[1].startswith(b"JOB_NOT_FOUND")
+    assert rig.job(h2).state == LEASED
