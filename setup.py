@@ -41,6 +41,8 @@ COMPILED = [
     "shardgear/connection.py",
     "shardgear/replies.py",  # the base class of Front: a native class needs a native base
     "shardgear/grab.py",
+    "shardgear/front_lease.py",
+    "shardgear/front_workers.py",
     "shardgear/gather.py",
     "shardgear/front_recovery.py",
     "shardgear/front.py",
@@ -49,6 +51,8 @@ COMPILED = [
     "shardgear/joblog.py",
     "shardgear/recovery.py",
     "shardgear/attempts.py",
+    "shardgear/lease.py",
+    "shardgear/timers.py",
     "shardgear/shard_admin.py",
     "shardgear/shard.py",
     "shardgear/stats.py",

@@ -32,11 +32,13 @@ from shardgear.connection import Conn
 from shardgear.gather import Finish
 from shardgear.messages import json_bytes, json_text
 from shardgear.proto import admin
+from shardgear.proto.packets import PacketType, response
 
 if TYPE_CHECKING:
     from shardgear.front import Front
 
 _C = admin.AdminCommand
+STATUS_RES_UNIQUE: Final = int(PacketType.STATUS_RES_UNIQUE)
 _JOBSET_COMMANDS: Final = frozenset(
     {
         _C.SHOW_FUNCTIONS,
@@ -219,6 +221,18 @@ class AdminCommands:
         body = orjson.dumps(request)
         for s in targets:
             front.send_shard(s, messages.pack(messages.OP_ADMIN, conn.id, body, extra=gid))
+
+    def status_unique(self, conn: Conn, unique: bytes) -> None:
+        """GET_STATUS_UNIQUE: the first shard that knows `unique` answers (each knows only its
+        own functions' jobs: `shardgear.shard_admin.status_unique`)."""
+
+        def finish(parts: list[Any]) -> bytes:
+            for part in parts:
+                if part:
+                    return response(STATUS_RES_UNIQUE, unique, *(str(x).encode() for x in part))
+            return response(STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0")
+
+        self.ask_shards(conn, {"cmd": "status_unique", "unique": json_text(unique)}, finish)
 
     def answer_relay(self, shard: int, conn_id: int, gid: int, body: bytes) -> None:
         """Shard 0 relays a request that needs every front (only ``workers`` so far)."""

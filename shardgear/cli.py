@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sleeping workers woken per queued job (default: 0 = all)",
     )
     setting(
+        "--grab-lease",
+        action=argparse.BooleanOptionalAction,
+        help="a shard may hand a worker's front the worker's next job with the current one, so "
+        "that the front answers its next GRAB_JOB at once; unused, it goes back (default: on)",
+    )
+    setting(
         "--max-packet-size",
         metavar="BYTES",
         help="largest packet accepted; a bigger one closes the connection (default: 256M)",

@@ -124,6 +124,7 @@ class Config:
     exceptions: bool = False
     job_handle_prefix: str = dataclasses.field(default_factory=default_handle_prefix)
     worker_wakeup: int = 0  # NOOPs per queued job; 0 = every sleeping worker
+    grab_lease: bool = True  # a shard may lease a worker its next job, answered by the front
     max_packet_size: int = 256 * MIB
     max_output_buffer: int = 0  # per connection; 0 = max_packet_size + 16 MiB
     max_total_output: int = 0  # per front, all connections; 0 = twice the per-connection limit

@@ -247,6 +247,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("exceptions", "exceptions", boolean, reload=True),
     Setting("job-handle-prefix", "job_handle_prefix", handle_prefix),
     Setting("worker-wakeup", "worker_wakeup", int_range(0), reload=True),
+    Setting("grab-lease", "grab_lease", boolean, reload=True),
     Setting("max-packet-size", "max_packet_size", size(), reload=True),
     Setting("max-output-buffer", "max_output_buffer", size(), reload=True),
     Setting("max-total-output", "max_total_output", size(), reload=True),

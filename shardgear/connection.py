@@ -59,6 +59,12 @@ class Conn:
         "grab_order",
         "id",
         "ip",
+        "lease",
+        "lease_func",
+        "lease_handle",
+        "lease_shard",
+        "lease_type",
+        "lease_wait",
         "names",
         "noop_sent",
         "out",
@@ -109,3 +115,10 @@ class Conn:
         self.want_write = False
         self.names: tuple[str, ...] = ()  # the names its verified TLS client certificate proves
         self.rights: Rights | None = None  # its access decisions; None: nothing is restricted
+        # its held next job (front_lease.py): the JOB_ASSIGN* packet, for GRABs of lease_type
+        self.lease: bytes | None = None
+        self.lease_type = 0
+        self.lease_shard = 0
+        self.lease_handle = b""
+        self.lease_func = b""
+        self.lease_wait = False  # GRAB_LEASED sent to lease_shard, whose OP_LEASE is to come

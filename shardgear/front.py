@@ -35,13 +35,14 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final
 from zlib import crc32
 
 import orjson
 
-from shardgear import grab, logs, messages, routing
-from shardgear.access import SUBMIT, WORK
+from shardgear import front_lease, front_workers, grab, logs, messages, routing
+from shardgear.access import SUBMIT
 from shardgear.admin_commands import AdminCommands
 from shardgear.config import Config
 from shardgear.connection import CLOSED, DRAINING, E_DATA, E_SEQ, E_SHARD, Conn
@@ -52,7 +53,7 @@ from shardgear.instance import Instance
 from shardgear.live_config import SettingsReader
 from shardgear.log_limit import LogLimiter
 from shardgear.memory import Trimmer
-from shardgear.messages import HEADER, json_text
+from shardgear.messages import HEADER
 from shardgear.proto import errors
 from shardgear.proto.numbers import fits_int64
 from shardgear.proto.packets import (
@@ -89,10 +90,10 @@ _WORK_FAIL: Final = int(PacketType.WORK_FAIL)
 _WORK_EXCEPTION: Final = int(PacketType.WORK_EXCEPTION)
 _INLINE_RESULTS: Final = frozenset({_WORK_COMPLETE, _WORK_EXCEPTION})
 _WORK_STATUS: Final = int(PacketType.WORK_STATUS)
-_CAN_DO_TIMEOUT: Final = int(PacketType.CAN_DO_TIMEOUT)
 _OP_PACKET: Final = messages.OP_PACKET
 _OP_REPLY: Final = messages.OP_REPLY
 _OP_SEND: Final = messages.OP_SEND
+_OP_LEASE: Final = messages.OP_LEASE
 _pack_header = HEADER.pack
 # What dispatch() does inline, by packet type (index -1: response magic)
 _K_OTHER, _K_SUBMIT, _K_WORK = range(3)
@@ -172,6 +173,7 @@ class Front(Replies):
         self.listeners: list[socket.socket] = listeners(config.listen, config.port, config.backlog)
         self.epoll = select.epoll()
         self.security = FrontSecurity(self, config)
+        self.grab_lease = config.grab_lease  # GRABs may be leasable (front_lease.py)
         self.running = True
         self.accepting = True
         self.paused = False
@@ -185,11 +187,11 @@ class Front(Replies):
             self.packet_handlers[t] = self.on_work
         self.packet_handlers.update(
             {
-                P.CAN_DO: self.on_can_do,
-                P.CAN_DO_TIMEOUT: self.on_can_do,
-                P.CANT_DO: self.on_cant_do,
-                P.RESET_ABILITIES: self.on_reset_abilities,
-                P.PRE_SLEEP: self.on_pre_sleep,
+                P.CAN_DO: partial(front_workers.can_do, self),
+                P.CAN_DO_TIMEOUT: partial(front_workers.can_do, self),
+                P.CANT_DO: partial(front_workers.cant_do, self),
+                P.RESET_ABILITIES: partial(front_workers.reset_abilities, self),
+                P.PRE_SLEEP: partial(front_workers.pre_sleep, self),
                 P.GET_STATUS: self.on_get_status,
                 P.GET_STATUS_UNIQUE: self.on_get_status_unique,
                 P.ECHO_REQ: self.on_echo,
@@ -321,6 +323,7 @@ class Front(Replies):
             generation, self.config = got
             logs.set_level(self.config.log_level)
             self.output_limit = self.config.output_limit
+            self.grab_lease = self.config.grab_lease
             self.unread.limit = self.config.total_output_limit
             self.security.apply_access(self.config.access)
             control[layout.CTRL_SETTINGS] = generation
@@ -615,7 +618,7 @@ class Front(Replies):
             if not msgs:
                 continue
             for m in msgs:
-                op, _arg, extra, conn_id = unpack(m)
+                op, arg, extra, conn_id = unpack(m)
                 if op == _OP_REPLY:
                     conn = by_id.get(conn_id)
                     if conn is None:
@@ -644,6 +647,8 @@ class Front(Replies):
                                 self.release(conn)
                             continue
                     self.fill(conn, s, extra, m[16:])
+                elif op == _OP_LEASE:
+                    front_lease.arrived(self, s, arg, conn_id, m)
                 elif op == _OP_SEND:
                     conn = by_id.get(conn_id)
                     if conn is not None:
@@ -676,6 +681,8 @@ class Front(Replies):
         elif op == messages.OP_EXCEPTION:
             if conn is not None:
                 self.relay_exception(conn, m[16:])
+        elif op == messages.OP_RECALL:
+            front_lease.recalled(self, s, conn_id, m[16:])
         elif op == messages.OP_CLOSE:  # the shard found a protocol error gearmand closes for
             if conn is not None:
                 for entry in conn.pending:  # no reply will come for the refused request
@@ -752,15 +759,19 @@ class Front(Replies):
     def on_grab(self, conn: Conn, ptype: int, body: bytes) -> None:
         conn.sleeping = False
         conn.noop_sent = False
+        if conn.lease is not None and front_lease.use(self, conn, ptype):
+            return  # answered from the worker's lease, or sent to its shard
+        if conn.lease_wait and front_lease.waited(self, conn, ptype):
+            return
         best = grab.pick(conn, 0)
         if best < 0:
             self.reply(conn, NO_JOB_PACKET)
             return
         func, shard = grab.rotate(conn, best)
-        conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
-        conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None, 1 << shard])
-        conn.shards_used |= 1 << shard
-        self.outbox[shard].append(_pack_header(_OP_PACKET, ptype, seq, conn.id) + func)
+        if self.grab_lease and front_lease.one_shard(self, conn) == shard:
+            front_lease.send_leasable(self, conn, ptype, shard)
+        else:
+            grab.send(self, conn, ptype, shard, ptype, func)
 
     def on_work(self, conn: Conn, ptype: int, body: bytes) -> None:
         end = body.find(b"\0")
@@ -778,49 +789,6 @@ class Front(Replies):
             self.reply(conn, error_packet(*errors.not_found_error(ptype)))
             return
         self.forward(conn, shard, ptype, body)
-
-    def on_can_do(self, conn: Conn, ptype: int, body: bytes) -> None:
-        timeout: bytes | None = None
-        func = body
-        if ptype == _CAN_DO_TIMEOUT:
-            func, sep, value = body.partition(b"\0")
-            if not sep or len(value) > 20 or not fits_int64(value):
-                self.protocol_close(conn, "bad CAN_DO_TIMEOUT")
-                return
-            timeout = body
-        if conn.rights is not None and not conn.rights.may_work(func):
-            self.security.deny(conn, WORK, func)
-            return
-        old = conn.abilities.get(func)
-        if old is not None and old[2] == timeout:
-            return  # already registered: gearmand would count a second registration
-        shard = routing.shard_for(func, self.shards)
-        base = routing.board_slot(func) * 3
-        if old is None:
-            conn.rr.append(func)
-            conn.grab_order.append((func, self.boards[shard], base, shard))
-        conn.abilities[func] = (shard, base, timeout)
-        self.forward(conn, shard, ptype, body)
-
-    def on_cant_do(self, conn: Conn, ptype: int, body: bytes) -> None:
-        if conn.abilities.pop(body, None) is not None:
-            i = conn.rr.index(body)
-            del conn.rr[i]
-            del conn.grab_order[i]
-        self.forward(conn, routing.shard_for(body, self.shards), ptype, body)
-
-    def on_reset_abilities(self, conn: Conn, ptype: int, body: bytes) -> None:
-        for s in {v[0] for v in conn.abilities.values()}:
-            self.forward(conn, s, ptype, b"")
-        conn.abilities.clear()
-        conn.rr.clear()
-        conn.grab_order.clear()
-
-    def on_pre_sleep(self, conn: Conn, ptype: int, body: bytes) -> None:
-        conn.sleeping = True
-        conn.noop_sent = False
-        for s in {v[0] for v in conn.abilities.values()}:
-            self.forward(conn, s, ptype, b"")
 
     def on_get_status(self, conn: Conn, ptype: int, body: bytes) -> None:
         if len(body) >= 64:
@@ -841,15 +809,8 @@ class Front(Replies):
             return
         if conn.rights is not None and self.security.status_restricted:
             self.security.get_status_unique(conn, body)
-            return
-
-        def finish(parts: list[Any]) -> bytes:
-            for part in parts:
-                if part:
-                    return response(P.STATUS_RES_UNIQUE, body, *(str(x).encode() for x in part))
-            return response(P.STATUS_RES_UNIQUE, body, b"0", b"0", b"0", b"0", b"0")
-
-        self.admin.ask_shards(conn, {"cmd": "status_unique", "unique": json_text(body)}, finish)
+        else:
+            self.admin.status_unique(conn, body)
 
     def on_echo(self, conn: Conn, ptype: int, body: bytes) -> None:
         self.reply(conn, response(P.ECHO_RES, body))

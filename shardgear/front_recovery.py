@@ -23,7 +23,7 @@ import collections
 import logging
 from typing import TYPE_CHECKING, Final
 
-from shardgear import messages
+from shardgear import front_lease, messages
 from shardgear.connection import E_DATA, E_EPOCH, E_PTYPE, E_SHARD
 from shardgear.proto.packets import NO_JOB_PACKET, PacketType, error_packet
 from shardgear.recovery import pack_live_connections
@@ -88,6 +88,7 @@ class ShardRestarts:
         if epoch > 1:
             log.warning("shard %d restarted", shard)
         for conn in front.conns.values():
+            front_lease.shard_restarted(conn, shard)
             on_shard = False
             for func, (s, _base, timeout) in conn.abilities.items():
                 if s == shard:

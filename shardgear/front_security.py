@@ -28,7 +28,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from shardgear import tls
+from shardgear import front_workers, tls
 from shardgear.access import STATUS, SUBMIT, WORK, AccessPolicy, Identity, Rights
 from shardgear.config import Config
 from shardgear.limits import ConnectionLimits
@@ -263,5 +263,5 @@ class FrontSecurity:
                     rights.ident,
                     func.decode("utf-8", "replace"),
                 )
-                front.on_cant_do(conn, REVOKE_ABILITY, func)  # its held jobs too
+                front_workers.cant_do(front, conn, REVOKE_ABILITY, func)  # its held jobs too
         log.info("access rules reloaded on this front")

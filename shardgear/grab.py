@@ -54,6 +54,15 @@ def rotate(conn: Conn, best: int) -> tuple[bytes, int]:
     return func, shard
 
 
+def send(front: Front, conn: Conn, ptype: int, shard: int, arg: int, func: bytes) -> None:
+    """Send `conn`'s GRAB of type `ptype` to `shard` (message arg `arg`: the type, perhaps
+    flagged LEASABLE) with `func` as the preferred function, and reserve its reply slot."""
+    conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
+    conn.pending.append([seq, shard, ptype, front.shard_epochs[shard], None, 1 << shard])
+    conn.shards_used |= 1 << shard
+    front.outbox[shard].append(HEADER.pack(OP_PACKET, arg, seq, conn.id) + func)
+
+
 def regrab(front: Front, conn: Conn, shard: int, seq: int) -> bool:
     """Shard `shard` answered NO_JOB to the GRAB numbered `seq` that the boards sent there: try
     the worker's functions on the shards not asked yet. Return True if the GRAB went on to
@@ -69,6 +78,8 @@ def regrab(front: Front, conn: Conn, shard: int, seq: int) -> bool:
     if best < 0:
         return False
     func, shard = rotate(conn, best)
+    if conn.lease is not None and conn.lease_shard == shard:
+        conn.lease = None  # that shard puts it back when this GRAB arrives (front_lease.py)
     conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
     entry[E_SEQ] = seq
     entry[E_SHARD] = shard

@@ -2,12 +2,13 @@
 
 `check_invariants` walks every function, job, worker and client of a `Scheduler` and asserts the
 house rules of `shardgear.scheduler` (one place per job, board counters equal to runnable jobs,
+leased jobs out of every queue and board count and held by one live worker each,
 sleepers exactly the sleeping, unwoken workers, indexes consistent both ways). It is O(jobs).
 """
 
 from __future__ import annotations
 
-from shardgear.jobs import FUTURE, GONE, QUEUED, RUNNING, UK_PAYLOAD, UK_UNIQUE
+from shardgear.jobs import FUTURE, GONE, LEASED, QUEUED, RUNNING, UK_PAYLOAD, UK_UNIQUE
 from shardgear.scheduler import Scheduler
 
 
@@ -16,6 +17,7 @@ def check_invariants(sched: Scheduler) -> None:
     board: dict[int, int] = {}
     seen: set[int] = set()
     running = 0
+    leased = [0, 0, 0]
     for name, f in sched._functions.items():
         assert f.name == name
         dead = 0
@@ -46,6 +48,11 @@ def check_invariants(sched: Scheduler) -> None:
         assert sum(f.future) == sum(
             1 for j in sched._jobs.values() if j.fn is f and j.state == FUTURE
         )
+        for p in range(3):  # LEASED jobs: counted apart, never on the board or in `ready`
+            mine = [j for j in sched._jobs.values() if j.fn is f and j.priority == p]
+            assert f.leased[p] == sum(1 for j in mine if j.state == LEASED), (name, p)
+            leased[p] += f.leased[p]
+    assert leased == sched._leased and sum(leased) == sched._nleased, (leased, sched._leased)
     assert running == sched._running
     if sched._board is not None:
         for i, v in enumerate(sched._board):
@@ -56,6 +63,9 @@ def check_invariants(sched: Scheduler) -> None:
         if j.state == RUNNING:
             assert j.worker is not None and j.worker.alive
             assert sched._workers.get(j.worker.conn) is j.worker and j in j.worker.jobs
+        elif j.state == LEASED:  # held by exactly one live worker, as its only lease
+            assert j.worker is not None and j.worker.alive and j.worker.lease is j
+            assert sched._workers.get(j.worker.conn) is j.worker and j not in j.worker.jobs
         else:
             assert j.worker is None
         if j.ukind == UK_UNIQUE:
@@ -71,7 +81,11 @@ def check_invariants(sched: Scheduler) -> None:
         for j in attached:
             assert c in j.clients and sched._jobs.get(j.handle) is j
     for conn, w in sched._workers.items():
-        assert w.conn == conn and w.alive and (w.funcs or w.jobs)
+        assert w.conn == conn and w.alive and (w.funcs or w.jobs or w.lease is not None)
+        if w.lease is not None:  # at most one per worker (a slot), and it is LEASED to it
+            assert w.lease.state == LEASED and w.lease.worker is w
+        else:
+            assert not w.recalled
         assert w.recovered == (conn in sched._recovered)
         for j in w.jobs:
             assert j.worker is w and j.state == RUNNING

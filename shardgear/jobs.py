@@ -17,6 +17,7 @@ QUEUED: Final = 0  # in its function's deque at job.priority, runnable
 FUTURE: Final = 1  # an epoch job whose time has not come: in the scheduler's epoch heap
 RUNNING: Final = 2  # held by job.worker
 GONE: Final = 3  # finished, cancelled while queued, abandoned or dropped; no longer in any index
+LEASED: Final = 4  # taken from its queue as job.worker's next job, its front holds it (lease.py)
 
 # Job.ukind: which unique index of its function holds the job
 UK_NONE: Final = 0  # empty unique, `-` with empty data, or removed from the index
@@ -180,6 +181,7 @@ class Function:
         "bidx",
         "dead",
         "future",
+        "leased",
         "maxq",
         "name",
         "nready",
@@ -201,6 +203,7 @@ class Function:
         self.ready = [0, 0, 0]  # runnable queued jobs per priority
         self.nready = 0  # sum(ready)
         self.future = [0, 0, 0]  # epoch jobs not yet due, per priority
+        self.leased = [0, 0, 0]  # LEASED jobs per priority (counted as queued, not runnable)
         self.running = 0
         self.dead = 0  # tombstones in the deques
         self.workers: dict[int, Worker] = {}  # conn -> worker registered for this function
@@ -215,9 +218,10 @@ class Function:
 
     @property
     def total(self) -> int:
-        """Queued (runnable or future) plus running jobs: the `status` TOTAL."""
+        """Queued (runnable, leased or future) plus running jobs: the `status` TOTAL."""
         f = self.future
-        return self.nready + f[0] + f[1] + f[2] + self.running
+        n = self.leased
+        return self.nready + f[0] + f[1] + f[2] + n[0] + n[1] + n[2] + self.running
 
     def __repr__(self) -> str:
         return f"Function({self.name!r})"
@@ -231,6 +235,9 @@ class Worker:
         "conn",
         "funcs",
         "jobs",
+        "lease",
+        "lease_type",
+        "recalled",
         "recovered",
         "sleeping",
         "timer_at",
@@ -245,6 +252,9 @@ class Worker:
         # Registered functions in round-robin order -> CAN_DO_TIMEOUT in ms (0 = none).
         self.funcs: dict[Function, int] = {}
         self.jobs: dict[Job, None] = {}  # jobs this connection holds
+        self.lease: Job | None = None  # its LEASED next job, held by its front (lease.py)
+        self.lease_type = 0  # the GRAB type the lease's JOB_ASSIGN* packet was built for
+        self.recalled = False  # OP_RECALL sent for the lease
         self.sleeping = False  # sent PRE_SLEEP and no GRAB since
         self.woken = False  # had its wake-up for this sleep
         self.timer_at: float | None = None  # CAN_DO_TIMEOUT deadline of timer_job

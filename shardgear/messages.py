@@ -36,9 +36,16 @@ OP_RELAY_REPLY: Final = 11  # front -> shard 0 -> asking front: reply to an OP_R
 OP_REPLY: Final = 12  # shard -> front: the reply to the request whose seq is in `extra`
 OP_PING: Final = 13  # front -> shard: extra = marker; answered by OP_PONG after all before it
 OP_PONG: Final = 14  # shard -> front: extra = the marker of the OP_PING
+OP_LEASE: Final = 15  # shard -> front: arg = GRAB type, body = JOB_ASSIGN* of conn's next job
+OP_RECALL: Final = 16  # shard -> front: body = handle: give the lease back if it is unused
 
 # An OP_PACKET arg that is no Gearman packet type (the parser refuses those from a socket):
 REVOKE_ABILITY: Final = 0x100  # front -> shard: CANT_DO that also takes back the held jobs
+GRAB_LEASED: Final = 0x101  # front -> shard: body = handle: the front answered a GRAB with it
+LEASE_RETURN: Final = 0x102  # front -> shard: body = handle: the lease goes back unused
+# A flag in the arg of a GRAB_JOB* OP_PACKET: the shard may lease the worker its next job
+# (every function of the worker lives on that shard: see lease.py).
+LEASABLE: Final = 0x8000
 
 # `extra` of an OP_PACKET carrying a work result re-sent to a restarted shard: the shard applies
 # it if the job is still running and otherwise drops it silently.

@@ -42,6 +42,7 @@ from shardgear.joblog import (
 )
 from shardgear.jobs import (
     FUTURE,
+    LEASED,
     QUEUED,
     RUNNING,
     UK_PAYLOAD,
@@ -88,12 +89,15 @@ def start_log(
 
 def snapshot_source(sched: Scheduler) -> tuple[int, list[Job]]:
     """(next handle number, live jobs): queued ones in queue order first (what a snapshot of
-    the job log holds; a cancelled job still running is left out)."""
-    jobs: list[Job] = []
+    the job log holds; a cancelled job still running is left out). A LEASED job is queued as
+    far as the log knows, and was taken from the head of its queue: it comes first."""
+    jobs: list[Job] = [j for j in sched._jobs.values() if j.state == LEASED and not j.cancelled]
     for f in sched._functions.values():
         for q in f.queues:
             jobs.extend(j for j in q if j.state == QUEUED)
-    jobs.extend(j for j in sched._jobs.values() if j.state != QUEUED and not j.cancelled)
+    jobs.extend(
+        j for j in sched._jobs.values() if j.state not in (QUEUED, LEASED) and not j.cancelled
+    )
     return sched._next_n, jobs
 
 

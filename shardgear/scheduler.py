@@ -20,7 +20,8 @@ missing fields read as empty, or the packet is ignored.
 House rules
 -----------
 1. A job is in exactly one place: a function deque (QUEUED), the epoch heap (FUTURE), a worker's
-   ``jobs`` (RUNNING), or nowhere (GONE). Deques may hold tombstones (GONE jobs removed without a
+   ``jobs`` (RUNNING), a worker's ``lease`` (LEASED: its next job, held by its front; see
+   `shardgear.lease`), or nowhere (GONE). Deques may hold tombstones (GONE jobs removed without a
    pop); ``Function.ready`` and the board count live entries only, and a deque is compacted when
    tombstones outnumber live jobs.
 2. ``board[slot * 3 + prio]`` always equals the runnable QUEUED jobs of the functions in that slot:
@@ -63,10 +64,12 @@ gearmand 2.0 semantics, and where shardgear deliberately differs (spec: gearman-
   and gets every WORK_* packet twice; GET_STATUS_UNIQUE answered here covers this shard only (with
   several shards the front gathers `status_unique` from each).
 
-Neighbours: the record classes live in `shardgear.jobs`; admin commands in `shardgear.shard_admin`;
-rebuilding after a crash in `shardgear.recovery`; the invariants, checked in full for tests, in
-`shardgear.invariants`. Those modules change state only through this class's lifecycle methods
-(`_insert`, `_enqueue`, `_requeue`, `_drop`, `_forget`...), which keep the house rules.
+Neighbours: the record classes live in `shardgear.jobs`; admin commands and the status readers in
+`shardgear.shard_admin`; the lease of a worker's next job in `shardgear.lease`; the timer heaps in
+`shardgear.timers`; rebuilding after a crash in `shardgear.recovery`; the invariants, checked in
+full for tests, in `shardgear.invariants`. Those modules change state only through this class's
+lifecycle methods (`_insert`, `_enqueue`, `_requeue`, `_drop`, `_forget`...), which keep the house
+rules.
 """
 
 from __future__ import annotations
@@ -78,13 +81,13 @@ from collections.abc import Callable, Iterable, MutableSequence
 from itertools import islice
 from typing import Final, cast
 
-from . import attempts, retries, routing
+from . import attempts, lease, retries, routing, shard_admin, timers
 from .jobs import (
     FUTURE,
     GONE,
+    LEASED,
     NO_CLIENTS,
     OUT_LOST,
-    OUT_TIMEOUT,
     QUEUED,
     RUNNING,
     UK_NONE,
@@ -98,9 +101,13 @@ from .jobs import (
     Worker,
     add_client,
 )
+from .lease import assign_packet
 from .limits import ERR_QUEUED_BYTES, FunctionLimits
 from .messages import (
+    GRAB_LEASED,
     HEADER,
+    LEASABLE,
+    LEASE_RETURN,
     OP_CLOSE,
     OP_EXCEPTION,
     OP_REPLY,
@@ -123,7 +130,6 @@ SUBMIT_JOB: Final = int(PacketType.SUBMIT_JOB)
 JOB_CREATED: Final = int(PacketType.JOB_CREATED)
 GRAB_JOB: Final = int(PacketType.GRAB_JOB)
 NO_JOB: Final = int(PacketType.NO_JOB)
-JOB_ASSIGN: Final = int(PacketType.JOB_ASSIGN)
 WORK_STATUS: Final = int(PacketType.WORK_STATUS)
 WORK_COMPLETE: Final = int(PacketType.WORK_COMPLETE)
 WORK_FAIL: Final = int(PacketType.WORK_FAIL)
@@ -141,7 +147,6 @@ OPTION_REQ: Final = int(PacketType.OPTION_REQ)
 WORK_DATA: Final = int(PacketType.WORK_DATA)
 WORK_WARNING: Final = int(PacketType.WORK_WARNING)
 GRAB_JOB_UNIQ: Final = int(PacketType.GRAB_JOB_UNIQ)
-JOB_ASSIGN_UNIQ: Final = int(PacketType.JOB_ASSIGN_UNIQ)
 SUBMIT_JOB_HIGH_BG: Final = int(PacketType.SUBMIT_JOB_HIGH_BG)
 SUBMIT_JOB_LOW: Final = int(PacketType.SUBMIT_JOB_LOW)
 SUBMIT_JOB_LOW_BG: Final = int(PacketType.SUBMIT_JOB_LOW_BG)
@@ -149,7 +154,6 @@ SUBMIT_JOB_EPOCH: Final = int(PacketType.SUBMIT_JOB_EPOCH)
 SUBMIT_REDUCE_JOB: Final = int(PacketType.SUBMIT_REDUCE_JOB)
 SUBMIT_REDUCE_JOB_BACKGROUND: Final = int(PacketType.SUBMIT_REDUCE_JOB_BACKGROUND)
 GRAB_JOB_ALL: Final = int(PacketType.GRAB_JOB_ALL)
-JOB_ASSIGN_ALL: Final = int(PacketType.JOB_ASSIGN_ALL)
 GET_STATUS_UNIQUE: Final = int(PacketType.GET_STATUS_UNIQUE)
 STATUS_RES_UNIQUE: Final = int(PacketType.STATUS_RES_UNIQUE)
 MAX_PACKET_TYPE: Final = max(PacketType)
@@ -185,6 +189,11 @@ _ERR_NO_JOB_EXC: Final = _error(
 _ERR_HANDLE_SIZE: Final = _error(
     b"ARGUMENT_TOO_LARGE",
     b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf",
+)
+
+# GRAB_JOB* as plain or LEASABLE OP_PACKET args (lease.py)
+_GRABS: Final = frozenset(
+    t | flag for t in (GRAB_JOB, GRAB_JOB_UNIQ, GRAB_JOB_ALL) for flag in (0, LEASABLE)
 )
 
 # submit packet type -> (priority, background)
@@ -255,6 +264,9 @@ class Scheduler:
         self._timers: list[tuple[float, int, Worker]] = []  # (at, seq, worker): CAN_DO_TIMEOUT
         self._seq = 0
         self._running = 0
+        self._leased = [0, 0, 0]  # LEASED jobs per priority (lease.py)
+        self._nleased = 0  # their sum
+        self.leasing = True  # offer leases (off once a graceful stop began)
         self._reply_conn = -1  # the connection whose request's reply is still to come
         self._reply_seq = 0  # that request's sequence number (see handle_packet)
 
@@ -278,8 +290,10 @@ class Scheduler:
         # methods went through Python's calling convention, boxing every argument).
         if ptype in (WORK_COMPLETE, WORK_EXCEPTION):
             self._work_end(conn, ptype, body, now)
-        elif ptype in (GRAB_JOB, GRAB_JOB_UNIQ, GRAB_JOB_ALL):
+        elif ptype in _GRABS:
             self._grab(conn, ptype, body, now)
+        elif ptype == GRAB_LEASED:
+            lease.grabbed(self, conn, body, now)
         elif ptype in _SUBMITS:
             self._submit(conn, ptype, body, now)
         elif ptype == PRE_SLEEP:
@@ -310,6 +324,8 @@ class Scheduler:
             self._front_only(conn, ptype, body, now)
         elif ptype == REVOKE_ABILITY:
             self._revoke_ability(conn, ptype, body, now)
+        elif ptype == LEASE_RETURN:
+            lease.returned(self, conn, body)
         elif 0 < ptype <= MAX_PACKET_TYPE:
             self._send(conn, _ERR_NOT_EXPECTED)
         else:
@@ -352,6 +368,8 @@ class Scheduler:
                 del f.workers[conn]
                 f.sleepers.pop(w, None)
             w.funcs.clear()
+            if w.lease is not None:
+                lease.release(self, w)  # at the head of its queue: never ran, not a retry
             for job in list(w.jobs):
                 self._requeue(job, now)
         jobs = self._clients.pop(conn, None)
@@ -372,62 +390,22 @@ class Scheduler:
             self.disconnect(c, now)
 
     def next_deadline(self) -> float | None:
-        """The earliest time `tick` has something to do, or None."""
-        ep = self._epochs
-        while ep and ep[0][2].state != FUTURE:
-            heapq.heappop(ep)
-        tm = self._timers
-        while tm:
-            at, seq, w = tm[0]
-            if seq != w.timer_seq or w.timer_at is None:
-                heapq.heappop(tm)
-                if seq == w.timer_seq:
-                    w.timer_seq = 0
-            elif w.timer_at > at:
-                heapq.heappop(tm)
-                self._push_timer(w, w.timer_at)
-            else:
-                break
-        if ep and tm:
-            return min(ep[0][0], tm[0][0])
-        if ep:
-            return ep[0][0]
-        if tm:
-            return tm[0][0]
-        return None
+        """The earliest time `tick` has something to do, or None (`shardgear.timers`)."""
+        return timers.next_deadline(self)
 
     def tick(self, now: float) -> None:
-        """Fire every epoch job and CAN_DO_TIMEOUT due at `now`."""
-        ep = self._epochs
-        while ep and ep[0][0] <= now:
-            job = heapq.heappop(ep)[2]
-            if job.state == FUTURE:
-                job.fn.future[job.priority] -= 1
-                self._enqueue(job)
-        tm = self._timers
-        while tm and tm[0][0] <= now:
-            _, seq, w = heapq.heappop(tm)
-            if seq != w.timer_seq:
-                continue
-            w.timer_seq = 0
-            at = w.timer_at
-            if at is None:
-                continue
-            if at > now:
-                self._push_timer(w, at)
-                continue
-            held = w.timer_job
-            w.timer_at = None
-            w.timer_job = None
-            if held is not None and held.worker is w:
-                self._requeue(held, now, OUT_TIMEOUT)
-                self._maybe_forget_worker(w)  # it may have sent CANT_DO meanwhile
+        """Fire every epoch job and CAN_DO_TIMEOUT due at `now` (`shardgear.timers`)."""
+        timers.tick(self, now)
 
     # ------------------------------------------------------------------ read access
 
     def running_count(self) -> int:
         """Jobs held by workers now."""
         return self._running
+
+    def leased_count(self) -> int:
+        """Jobs leased to workers' fronts now (`shardgear.lease`): they may start any moment."""
+        return self._nleased
 
     def job_count(self) -> int:
         """Jobs known (queued, future or running)."""
@@ -440,19 +418,6 @@ class Scheduler:
     def job(self, handle: bytes) -> Job | None:
         """The job with `handle`, or None."""
         return self._jobs.get(handle)
-
-    def status_unique(self, unique: bytes) -> tuple[int, int, int, int, int] | None:
-        """GET_STATUS_UNIQUE on this shard: (1, running 0/1, num, den, attached clients) of the
-        first job with `unique`, or None. (`-` matches a job coalesced by payload, as gearmand.)"""
-        if not unique:
-            return None
-        for f in self._functions.values():
-            job = f.uniques.get(unique)
-            if job is None and unique == b"-" and f.payloads:
-                job = next(iter(f.payloads.values()))
-            if job is not None:
-                return (1, int(job.state == RUNNING), job.num, job.den, len(job.clients))
-        return None
 
     def functions(self) -> Iterable[Function]:
         """Every function known, in creation order (read-only)."""
@@ -628,6 +593,8 @@ class Scheduler:
             b[f.bidx + p] += 1
         if f.sleepers:
             self._wake(f)
+        if self._nleased and p < 2 and (self._leased[2] or (p == 0 and self._leased[1])):
+            lease.outranked(self, f, p)  # a lease of a worse job must not run before this one
 
     def _unqueue(self, job: Job) -> None:
         """Take a QUEUED job out of its queue without a pop (it becomes a tombstone)."""
@@ -735,7 +702,7 @@ class Scheduler:
         self._maybe_forget_worker(w)
 
     def _maybe_forget_worker(self, w: Worker) -> None:
-        if not w.funcs and not w.jobs:
+        if not w.funcs and not w.jobs and w.lease is None:
             if w.recovered:
                 w.recovered = False
                 del self._recovered[w.conn]
@@ -761,9 +728,14 @@ class Scheduler:
         w.woken = False
         for f in w.funcs:
             f.sleepers[w] = None
+        if self._nleased:
+            lease.starved(self, w)
 
     def _grab(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         w = self._workers.get(conn)
+        leasable = ptype > LEASABLE
+        if leasable:
+            ptype -= LEASABLE
         if w is None:
             self._send(conn, _NO_JOB)
             return
@@ -774,6 +746,8 @@ class Scheduler:
                 for g in funcs:
                     g.sleepers.pop(w, None)
             w.woken = False
+        if w.lease is not None and lease.answer(self, w, ptype, leasable, now):
+            return  # it crossed the worker's lease, which its front dropped (lease.py)
         best = 3
         chosen: Function | None = None
         for f in funcs:
@@ -788,6 +762,8 @@ class Scheduler:
                     break
         if chosen is None:
             self._send(conn, _NO_JOB)
+            if self._nleased:
+                lease.starved(self, w)
             return
         if body and body != chosen.name:
             pf = self._functions.get(body)
@@ -798,13 +774,21 @@ class Scheduler:
             del funcs[chosen]
             funcs[chosen] = timeout
         job = self._take(chosen, best)
+        self._assign(w, job, timeout, now)
+        self._send(conn, assign_packet(ptype, job))
+        if leasable and (chosen.nready or len(funcs) > 1):
+            lease.offer(self, w, ptype)
+
+    def _assign(self, w: Worker, job: Job, timeout: int, now: float) -> None:
+        """`w` now runs `job` (out of any queue): log it, count it, start its CAN_DO_TIMEOUT
+        (`timeout` ms, 0 = none)."""
         job.state = RUNNING
         job.worker = w
         w.jobs[job] = None
-        chosen.running += 1
+        job.fn.running += 1
         self._running += 1
         if self._joblog is not None:
-            self._joblog.assign(job, conn)
+            self._joblog.assign(job, w.conn)
         if self._metrics is not None:
             self._metrics.assigned(job, now)
         if timeout > 0:
@@ -816,21 +800,6 @@ class Scheduler:
         elif w.timer_at is not None:
             w.timer_at = None
             w.timer_job = None
-        h = job.handle
-        name = chosen.name
-        data = job.data
-        if ptype == GRAB_JOB:
-            size = len(h) + len(name) + len(data) + 2
-            parts: tuple[bytes, ...] = (_pack(JOB_ASSIGN, size), h, b"\0", name, b"\0", data)
-        elif ptype == GRAB_JOB_ALL and job.reducer:
-            u, red = job.unique, job.reducer
-            size = len(h) + len(name) + len(u) + len(red) + len(data) + 4
-            parts = (_pack(JOB_ASSIGN_ALL, size), h, b"\0", name, b"\0", u, b"\0", red, b"\0", data)
-        else:
-            u = job.unique
-            size = len(h) + len(name) + len(u) + len(data) + 3
-            parts = (_pack(JOB_ASSIGN_UNIQ, size), h, b"\0", name, b"\0", u, b"\0", data)
-        self._send(conn, _RES + b"".join(parts))
 
     def _push_timer(self, w: Worker, at: float) -> None:
         self._seq += 1
@@ -842,8 +811,8 @@ class Scheduler:
 
     def _held(self, conn: int, handle: bytes) -> Job | None:
         job = self._jobs.get(handle)
-        if job is None or job.worker is None or job.worker.conn != conn:
-            return None
+        if job is None or job.worker is None or job.worker.conn != conn or job.state != RUNNING:
+            return None  # a LEASED job has its worker too, but the worker has not got it yet
         return job
 
     def _relay(self, job: Job, packet: bytes) -> None:
@@ -941,7 +910,7 @@ class Scheduler:
         if len(body) >= MAX_UNIQUE:
             self._close(conn)
             return
-        st = self.status_unique(body) or (0, 0, 0, 0, 0)
+        st = shard_admin.status_unique(self, body) or (0, 0, 0, 0, 0)
         pkt = _res(STATUS_RES_UNIQUE, body, *(b"%d" % x for x in st))
         self._send(conn, pkt)
 
@@ -1030,6 +999,9 @@ class Scheduler:
 
     def _abandon(self, job: Job) -> None:
         """The last foreground client of a job that is not running left."""
+        if job.state == LEASED:
+            lease.recall(self, job)  # its front may have handed it out: ask, do not take
+            return
         if job.state == QUEUED:
             self._unqueue(job)
         elif job.state == FUTURE:

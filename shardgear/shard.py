@@ -34,7 +34,7 @@ import time
 
 import orjson
 
-from shardgear import deadset, logs, messages, recovery, routing, shard_admin
+from shardgear import deadset, lease, logs, messages, recovery, routing, shard_admin
 from shardgear.config import Config
 from shardgear.cron import Crontab
 from shardgear.cron import db_path as cron_db_path
@@ -44,7 +44,7 @@ from shardgear.instance import Instance
 from shardgear.joblog import JobLog, read_log
 from shardgear.limits import FunctionLimits
 from shardgear.live_config import SettingsReader
-from shardgear.messages import HEADER
+from shardgear.messages import HEADER, LEASABLE
 from shardgear.proto.packets import NO_JOB_PACKET, PacketType
 from shardgear.retries import RetryPolicy
 from shardgear.scheduler import ERR_STORE, Scheduler
@@ -58,8 +58,13 @@ from shardgear.stats import ChildStats, FunctionStats
 log = logging.getLogger("shardgear.shard")
 
 P = PacketType
-REPLY_TYPES = frozenset(
-    {
+# GRAB_JOB*, plain and as a front flags them when the shard may lease the worker its next job
+GRAB_TYPES: frozenset[int] = frozenset(
+    int(t) | flag for t in (P.GRAB_JOB, P.GRAB_JOB_UNIQ, P.GRAB_JOB_ALL) for flag in (0, LEASABLE)
+)
+REPLY_TYPES: frozenset[int] = GRAB_TYPES | {
+    int(t)
+    for t in (
         P.SUBMIT_JOB,
         P.SUBMIT_JOB_BG,
         P.SUBMIT_JOB_HIGH,
@@ -69,14 +74,10 @@ REPLY_TYPES = frozenset(
         P.SUBMIT_JOB_EPOCH,
         P.SUBMIT_REDUCE_JOB,
         P.SUBMIT_REDUCE_JOB_BACKGROUND,
-        P.GRAB_JOB,
-        P.GRAB_JOB_UNIQ,
-        P.GRAB_JOB_ALL,
         P.GET_STATUS,
-    }
-)
+    )
+}
 SUBMIT_JOB_SCHED = int(P.SUBMIT_JOB_SCHED)
-GRAB_TYPES = frozenset({P.GRAB_JOB, P.GRAB_JOB_UNIQ, P.GRAB_JOB_ALL})
 RESULT_TYPES = frozenset({P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION})
 _JOB_CREATED = struct.pack("!I", P.JOB_CREATED)
 OP_REPLY = messages.OP_REPLY
@@ -329,6 +330,8 @@ class Shard:
                 sched.tick(now)
             if not self.draining:
                 cron.run_due(sched, now)
+            elif sched.leasing:
+                lease.stop(sched)  # a graceful stop: no new leases, and the held ones back
             dead.commit(now)  # a dead job's row is durable before its DONE record
             self.commit()  # before any reply (JOB_CREATED) can reach a front
             cron.commit()  # a run's job is durable before its minute is marked done
@@ -337,7 +340,7 @@ class Shard:
             if control is not None:
                 # before the flush: once a worker has its JOB_ASSIGN, a graceful stop must
                 # already see the job running (this process may be preempted right after)
-                control[layout.CTRL_RUNNING_JOBS] = sched.running_count()
+                control[layout.CTRL_RUNNING_JOBS] = sched.running_count() + sched.leased_count()
             self.flush()
             flushed = True
             for sender in senders:

@@ -12,11 +12,14 @@ lifecycle methods so that its invariants hold.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shardgear.jobs import FUTURE, OUTCOME_NAMES, QUEUED, RUNNING
+from shardgear import lease
+from shardgear.jobs import FUTURE, LEASED, OUTCOME_NAMES, QUEUED, RUNNING
 from shardgear.messages import json_bytes, json_text
-from shardgear.scheduler import Scheduler
+
+if TYPE_CHECKING:  # the scheduler imports this module (GET_STATUS_UNIQUE)
+    from shardgear.scheduler import Scheduler
 
 
 def answer(sched: Scheduler, request: dict[str, Any], log: Any = None) -> Any:
@@ -38,7 +41,7 @@ def answer(sched: Scheduler, request: dict[str, Any], log: Any = None) -> Any:
     if cmd == "show_unique_jobs":
         return [json_text(u) for u in show_unique_jobs(sched)]
     if cmd == "status_unique":
-        return sched.status_unique(json_bytes(request["unique"]))
+        return status_unique(sched, json_bytes(request["unique"]))
     if cmd == "job_status":
         return job_status(sched, json_bytes(request["handle"]))
     if cmd == "status_unique_function":
@@ -68,22 +71,29 @@ def status(sched: Scheduler) -> list[tuple[bytes, int, int, int]]:
 
 
 def priority_status(sched: Scheduler) -> list[tuple[bytes, int, int, int, int]]:
-    """``prioritystatus`` rows: (function, HIGH, NORMAL, LOW queued incl. future epoch jobs,
-    registered workers)."""
+    """``prioritystatus`` rows: (function, HIGH, NORMAL, LOW queued incl. leased and future
+    epoch jobs, registered workers)."""
     rows = []
     for f in sched.functions():
-        r, u = f.ready, f.future
-        rows.append((f.name, r[0] + u[0], r[1] + u[1], r[2] + u[2], len(f.workers)))
+        r, u, n = f.ready, f.future, f.leased
+        rows.append(
+            (f.name, r[0] + u[0] + n[0], r[1] + u[1] + n[1], r[2] + u[2] + n[2], len(f.workers))
+        )
     return rows
 
 
 def show_functions(sched: Scheduler) -> list[tuple[bytes, int, int, int, int, int, int]]:
-    """``show functions`` rows: (function, runnable HIGH, NORMAL, LOW, waiting (epoch jobs and
-    jobs waiting for their next attempt), running, registered workers)."""
-    return [
-        (f.name, f.ready[0], f.ready[1], f.ready[2], sum(f.future), f.running, len(f.workers))
-        for f in sched.functions()
-    ]
+    """``show functions`` rows: (function, runnable HIGH, NORMAL, LOW (leased ones included),
+    waiting (epoch jobs and jobs waiting for their next attempt), running, registered
+    workers)."""
+    rows = []
+    for f in sched.functions():
+        r, n = f.ready, f.leased
+        rows.append(
+            (f.name, r[0] + n[0], r[1] + n[1], r[2] + n[2], sum(f.future), f.running,
+             len(f.workers))
+        )  # fmt: skip
+    return rows
 
 
 def show_jobs(sched: Scheduler) -> list[tuple[bytes, int, int, int]]:
@@ -117,6 +127,20 @@ def show_unique_jobs(sched: Scheduler) -> list[bytes]:
     return [j.unique for j in sched.jobs()]
 
 
+def status_unique(sched: Scheduler, unique: bytes) -> tuple[int, int, int, int, int] | None:
+    """GET_STATUS_UNIQUE on this shard: (1, running 0/1, num, den, attached clients) of the
+    first job with `unique`, or None. (`-` matches a job coalesced by payload, as gearmand.)"""
+    if not unique:
+        return None
+    for f in sched.functions():
+        job = f.uniques.get(unique)
+        if job is None and unique == b"-" and f.payloads:
+            job = next(iter(f.payloads.values()))
+        if job is not None:
+            return (1, int(job.state == RUNNING), job.num, job.den, len(job.clients))
+    return None
+
+
 def job_status(sched: Scheduler, handle: bytes) -> list[Any] | None:
     """GET_STATUS with the job's function (for status access rules): [function, 1, running 0/1,
     numerator, denominator], or None if there is no such job."""
@@ -129,7 +153,7 @@ def job_status(sched: Scheduler, handle: bytes) -> list[Any] | None:
 def status_unique_function(sched: Scheduler, unique: bytes) -> list[Any] | None:
     """GET_STATUS_UNIQUE with the job's function: [function, 1, running 0/1, numerator,
     denominator, waiting clients] of the first job with `unique`, or None."""
-    st = sched.status_unique(unique)
+    st = status_unique(sched, unique)
     if st is None:
         return None
     for f in sched.functions():
@@ -156,9 +180,11 @@ def cancel_job(sched: Scheduler, handle: bytes) -> bool:
     if job.stored:
         sched._unstore(job)
     joblog = sched._joblog
-    if job.state == RUNNING and joblog is not None:
+    if (job.state == RUNNING or job.state == LEASED) and joblog is not None:
         joblog.done(job)  # it runs on unheard; a successor need not know it
-    if job.state != RUNNING:
+    if job.state == LEASED:
+        lease.recall(sched, job)  # forgotten when it comes back; runs unheard if it was used
+    elif job.state != RUNNING:
         if job.state == QUEUED:
             sched._unqueue(job)
         elif job.state == FUTURE:

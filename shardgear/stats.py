@@ -144,9 +144,10 @@ class FunctionStats:
         funcs = self.funcs
         for f in functions:
             c = funcs.get(f.name, empty)
-            r, u = f.ready, f.future
+            r, u, n = f.ready, f.future, f.leased  # a leased job is queued (lease.py)
             out[f.name.decode("latin-1")] = [
-                r[0] + u[0], r[1] + u[1], r[2] + u[2], f.running, len(f.workers),
+                r[0] + u[0] + n[0], r[1] + u[1] + n[1], r[2] + u[2] + n[2], f.running,
+                len(f.workers),
                 *c.counts, *c.wait, *c.wait_sum, *c.run, *c.run_sum,
             ]  # fmt: skip
         for name, c in funcs.items():
