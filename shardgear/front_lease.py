@@ -9,12 +9,13 @@ never waits for the shard. Otherwise the lease goes back (LEASE_RETURN) or is dr
 
 The front alone decides what becomes of a lease while the worker lives; the shard follows one
 rule that the front mirrors: **a GRAB of the worker that reaches the shard while the worker holds
-a lease there puts the lease back at the head of its queue first.** So the front drops (does not
-return) a lease:
+a lease there is the end of that lease**: the shard answers the GRAB with the leased job, or, if a
+better job of the worker's functions was queued meanwhile, puts the lease back at the head of its
+queue and answers from the queue (`lease.answer`). So the front drops (does not return) a lease:
 
 * that arrives while a GRAB of the worker is waiting for that shard's answer (it crossed the
-  GRAB: the shard will take the lease back when the GRAB gets there: rings are FIFO per
-  direction, and the shard sends a GRAB's reply after any lease it made before);
+  GRAB: the shard ends the lease when the GRAB gets there: rings are FIFO per direction, and
+  the shard sends a GRAB's reply after any lease it made before);
 * when it sends the worker's GRAB to the lease's shard (another GRAB type, or a regrab: the GRAB
   reaches the shard before any later message);
 * when that shard restarts (its successor recovered the job as queued: leases are never logged).
