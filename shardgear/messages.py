@@ -36,6 +36,9 @@ OP_RELAY_REPLY: Final = 11  # front -> shard 0 -> asking front: reply to an OP_R
 OP_REPLY: Final = 12  # shard -> front: the reply to the request whose seq is in `extra`
 OP_PING: Final = 13  # front -> shard: extra = marker; answered by OP_PONG after all before it
 OP_PONG: Final = 14  # shard -> front: extra = the marker of the OP_PING
+OP_LARGE: Final = 15  # never in a ring: a Receiver's stand-in for a message it kept in fragments
+LARGE_MARKER: Final = HEADER.pack(OP_LARGE, 0, 0, 0)
+"""What `shm.channel.Receiver.receive` returns in place of a fragmented message (`take_large`)."""
 
 # An OP_PACKET arg that is no Gearman packet type (the parser refuses those from a socket):
 REVOKE_ABILITY: Final = 0x100  # front -> shard: CANT_DO that also takes back the held jobs

@@ -111,6 +111,8 @@ from .messages import (
 )
 from .proto.numbers import atou32, strtoll
 from .proto.packets import RES_MAGIC, PacketType, error_packet, response
+from .proto.parser import LARGE_BODY
+from .shm.channel import Piece, head_bytes
 
 __all__ = ["ERR_STORE", "Job", "JobLogHooks", "Scheduler"]
 
@@ -225,6 +227,10 @@ class Scheduler:
         if len(prefix) + 20 >= HANDLE_SIZE:
             raise ValueError("handle_prefix too long: handles must stay under 64 bytes")
         self.out: list[bytes] = []  # this batch's messages to fronts (see the module docstring)
+        # The rest of a large packet in `out`, by the id() of its message there: the message
+        # holds the headers, the tail the payload, sent after it without being joined to it
+        # (Shard.flush; shm.channel.Sender.send_parts). Emptied by whoever empties `out`.
+        self.tails: dict[int, tuple[bytes, list[Piece]]] = {}
         self.shard_index = shard_index
         self.shard_count = shard_count
         self.job_retries = job_retries
@@ -260,9 +266,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ entry points
 
-    def handle_packet(
-        self, conn: int, ptype: int, body: bytes, now: float, seq: int = -1
-    ) -> None:
+    def handle_packet(self, conn: int, ptype: int, body: bytes, now: float, seq: int = -1) -> None:
         """Apply one request from connection `conn`. Never raises for any input.
 
         `seq` (0 or more) is the sequence number of a request that has a reply (SUBMIT_*,
@@ -328,6 +332,12 @@ class Scheduler:
             self.out.append(_header(OP_REPLY, 0, self._reply_seq, conn) + packet)
         else:
             self.out.append(_header(OP_SEND, 0, 0, conn) + packet)
+
+    def _send_tail(self, conn: int, packet: bytes, tail: list[Piece]) -> None:
+        """`_send` a packet whose last bytes are `tail` (a large payload), without joining."""
+        self._send(conn, packet)
+        m = self.out[-1]
+        self.tails[id(m)] = (m, tail)
 
     def _close(self, conn: int) -> None:
         """Have the front close `conn` (a protocol error gearmand closes for)."""
@@ -819,6 +829,10 @@ class Scheduler:
         h = job.handle
         name = chosen.name
         data = job.data
+        if len(data) >= LARGE_BODY and ptype == GRAB_JOB:  # the payload is not copied
+            size = len(h) + len(name) + len(data) + 2
+            self._send_tail(conn, _RES + _pack(JOB_ASSIGN, size) + h + b"\0" + name + b"\0", [data])
+            return
         if ptype == GRAB_JOB:
             size = len(h) + len(name) + len(data) + 2
             parts: tuple[bytes, ...] = (_pack(JOB_ASSIGN, size), h, b"\0", name, b"\0", data)
@@ -903,6 +917,28 @@ class Scheduler:
         if self._metrics is not None:
             self._metrics.ended(job, ptype, now)
         self._finish(job)
+
+    def large_result(self, conn: int, ptype: int, body: list[Piece], now: float) -> bool:
+        """WORK_COMPLETE, WORK_DATA or WORK_WARNING with a large body in pieces: relay the pieces
+        to the clients without joining them (as `_work_end` and `_work_data` would relay the body
+        whole). Return False, having done nothing, for anything else (another type, a job not
+        held, one with retries): the caller joins the body and calls `handle_packet`."""
+        if ptype != WORK_COMPLETE and ptype != WORK_DATA and ptype != WORK_WARNING:
+            return False
+        head = head_bytes(body, HANDLE_SIZE + 1)
+        i = head.find(b"\0")
+        job = self._held(conn, head[:i]) if i >= 0 else None
+        if job is None or job.retry is not None or job.fn.retry is not None:
+            return False
+        if job.clients:
+            packet = _RES + _pack(ptype, sum(map(len, body)))
+            for c in job.clients:
+                self._send_tail(c, packet, body)
+        if ptype == WORK_COMPLETE:
+            if self._metrics is not None:
+                self._metrics.ended(job, ptype, now)
+            self._finish(job)
+        return True
 
     def _work_fail(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         if len(body) >= HANDLE_SIZE:
