@@ -556,6 +556,8 @@ class Front(Replies):
             self.close(conn)
             return
         conn.out_bytes -= sent
+        if sent >= TRIM_ABOVE:  # a large message is leaving: its pieces are let go
+            self.trimmer.freed(sent)
         if data is not None and sent == len(data):  # all of a single buffer
             out.clear()
         elif data is not None:  # out is [data]
@@ -611,6 +613,8 @@ class Front(Replies):
             self.paused = paused
             if paused:
                 self.stats.block[layout.ST_PAUSES] += 1
+            else:  # a large message went into a ring: its pieces are free
+                self.trimmer.freed(PAUSE_HIGH_WATER)
             log.debug("reading from sockets %s", "paused" if paused else "resumed")
 
     def drain_shards(self) -> None:

@@ -463,10 +463,15 @@ class Shard:
             and self.scheduler.large_result(conn, arg, body, now)
         ):
             return
+        # Joined once, the fragments let go before the request is handled (a submission's split
+        # makes one more copy): 2P at most, never 3P.
+        whole = b"".join(body if op == messages.OP_PACKET else fragments)
+        body.clear()
+        fragments.clear()
         if op == messages.OP_PACKET:
-            self.packet(conn, arg, extra, b"".join(body), now)
+            self.packet(conn, arg, extra, whole, now)
         else:
-            self.handle(front, [b"".join(fragments)], now)
+            self.handle(front, [whole], now)
 
     def route(self) -> None:
         """Move the scheduler's messages to the outboxes of the fronts that own their
