@@ -135,6 +135,7 @@ PAUSE_HIGH_WATER = 8 * 1024 * 1024  # bytes waiting for a ring before sockets st
 JOIN_LIMIT = 16 * 1024  # output up to this size is joined and sent with send(), not sendmsg()
 QUICKACK_ABOVE = 64 * 1024  # a partial packet this big is being received: ACK every segment
 TRIM_ABOVE = 1024 * 1024  # a connection closed with this much buffered counts for a heap trim
+TRIM_STEP = 32 * 1024 * 1024  # trim each time this much of a large message went into the rings
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 EPOLL_ERRS = select.EPOLLERR | select.EPOLLHUP
 
@@ -226,6 +227,7 @@ class Front(Replies):
         self.accept_log = LogLimiter(log)
         self.unread = UnreadCap(config.total_output_limit)
         self.trimmer = Trimmer()
+        self.pending_trimmed = 0  # the rings' overflow at the last trim (flush_shards)
 
     @staticmethod
     def clock() -> float:
@@ -608,13 +610,19 @@ class Front(Replies):
             for s, sender in enumerate(self.senders):
                 if wrote >> s & 1 and sender.ring.consumer_sleeping:
                     os.eventfd_write(self.shard_bells[s], 1)
+        if pending < self.pending_trimmed - TRIM_STEP:
+            # A large message is moving into a ring: give its pieces' pages back as it goes, or
+            # the front would keep all of it resident while the shard receives it.
+            self.trimmer.freed(self.pending_trimmed - pending)
+            self.trimmer.maybe_trim(0.0)
+            self.pending_trimmed = pending
+        elif pending > self.pending_trimmed:
+            self.pending_trimmed = pending
         paused = pending > PAUSE_HIGH_WATER
         if paused != self.paused:
             self.paused = paused
             if paused:
                 self.stats.block[layout.ST_PAUSES] += 1
-            else:  # a large message went into a ring: its pieces are free
-                self.trimmer.freed(PAUSE_HIGH_WATER)
             log.debug("reading from sockets %s", "paused" if paused else "resumed")
 
     def drain_shards(self) -> None:
