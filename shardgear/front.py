@@ -46,7 +46,7 @@ from shardgear.access import SUBMIT
 from shardgear.admin_commands import AdminCommands
 from shardgear.config import Config
 from shardgear.connection import CLOSED, DRAINING, E_DATA, E_SEQ, E_SHARD, Conn
-from shardgear.front_recovery import ShardRestarts
+from shardgear.front_recovery import RECENT_RESULT_BYTES, ShardRestarts
 from shardgear.front_security import FrontSecurity
 from shardgear.gather import Gathers
 from shardgear.instance import Instance
@@ -64,10 +64,16 @@ from shardgear.proto.packets import (
     error_packet,
     response,
 )
-from shardgear.proto.parser import ADMIN_LINE_TYPE, RESPONSE_MAGIC_TYPE, Frame, Parser
+from shardgear.proto.parser import (
+    ADMIN_LINE_TYPE,
+    LARGE_PACKET_TYPE,
+    RESPONSE_MAGIC_TYPE,
+    Frame,
+    Parser,
+)
 from shardgear.replies import Replies
 from shardgear.shm import layout
-from shardgear.shm.channel import Receiver, Sender
+from shardgear.shm.channel import Piece, Receiver, Sender, head_bytes
 from shardgear.shm.doorbell import announce_sleep, awake, fence
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
@@ -95,9 +101,10 @@ _OP_REPLY: Final = messages.OP_REPLY
 _OP_SEND: Final = messages.OP_SEND
 _OP_LEASE: Final = messages.OP_LEASE
 _pack_header = HEADER.pack
-# What dispatch() does inline, by packet type (index -1: response magic)
+# What dispatch() does inline, by packet type (LARGE_PACKET_TYPE: a large body in pieces; index
+# -1: response magic)
 _K_OTHER, _K_SUBMIT, _K_WORK = range(3)
-_KIND: Final = [_K_OTHER] * (MAX_PACKET_TYPE + 2)
+_KIND: Final = [_K_OTHER] * (MAX_PACKET_TYPE + 3)
 for _t in (7, 18, 21, 32, 33, 34, 37, 38):  # SUBMIT_JOB* but EPOCH (checked by on_submit)
     _KIND[_t] = _K_SUBMIT
 for _t in (13, 25, 28, 29):  # WORK_COMPLETE, _EXCEPTION, _DATA, _WARNING (not FAIL, STATUS)
@@ -129,6 +136,7 @@ PAUSE_HIGH_WATER = 8 * 1024 * 1024  # bytes waiting for a ring before sockets st
 JOIN_LIMIT = 16 * 1024  # output up to this size is joined and sent with send(), not sendmsg()
 QUICKACK_ABOVE = 64 * 1024  # a partial packet this big is being received: ACK every segment
 TRIM_ABOVE = 1024 * 1024  # a connection closed with this much buffered counts for a heap trim
+TRIM_STEP = 32 * 1024 * 1024  # trim each time this much of a large message went into the rings
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 EPOLL_ERRS = select.EPOLLERR | select.EPOLLHUP
 
@@ -155,7 +163,7 @@ class Front(Replies):
             out_seg = self._attach(instance.to_shard(index, s))
             in_seg = self._attach(instance.to_front(s, index))
             self.senders.append(Sender(Ring(out_seg.buf)))
-            self.receivers.append(Receiver(Ring(in_seg.buf)))
+            self.receivers.append(Receiver(Ring(in_seg.buf), messages.LARGE_MARKER))
             board_seg = self._attach(instance.board(s))
             self.boards.append(layout.board_view(board_seg.buf))
         self.settings = SettingsReader(self._attach(instance.settings).buf)
@@ -203,7 +211,8 @@ class Front(Replies):
         self.packet_handlers[P.SUBMIT_JOB_SCHED] = self.on_submit  # cron.py, on the shard
         for rejected in REJECTED:
             self.packet_handlers[rejected] = self.on_rejected
-        # by type: 0 is an admin line, 1..42 the packet types, 43 (also index -1) response magic
+        # by type: 0 is an admin line, 1..42 the packet types, 43 a large packet in pieces, 44
+        # (also index -1) response magic
         assert {t for t, k in enumerate(_KIND) if k == _K_SUBMIT} == SUBMIT_TYPES - {
             P.SUBMIT_JOB_EPOCH
         }
@@ -212,13 +221,15 @@ class Front(Replies):
             P.WORK_STATUS,
         }
         self.handler_table: list[Callable[[Conn, int, Any], None]] = [
-            self.packet_handlers.get(t, self.on_unknown) for t in range(MAX_PACKET_TYPE + 2)
+            self.packet_handlers.get(t, self.on_unknown) for t in range(MAX_PACKET_TYPE + 3)
         ]
         self.handler_table[ADMIN_LINE_TYPE] = self.on_admin_line
+        self.handler_table[LARGE_PACKET_TYPE] = self.on_large
         self.handler_table[RESPONSE_MAGIC_TYPE] = self.on_response_magic
         self.accept_log = LogLimiter(log)
         self.unread = UnreadCap(config.total_output_limit)
         self.trimmer = Trimmer()
+        self.pending_trimmed = 0  # the rings' overflow at the last trim (flush_shards)
 
     @staticmethod
     def clock() -> float:
@@ -406,7 +417,7 @@ class Front(Replies):
         conn = Conn(
             self.next_conn,
             sock,
-            Parser(max_packet_size=self.config.max_packet_size),
+            Parser(max_packet_size=self.config.max_packet_size, large_pieces=True),
             self.config.exceptions,
             ip,
         )
@@ -550,6 +561,8 @@ class Front(Replies):
             self.close(conn)
             return
         conn.out_bytes -= sent
+        if sent >= TRIM_ABOVE:  # a large message is leaving: its pieces are let go
+            self.trimmer.freed(sent)
         if data is not None and sent == len(data):  # all of a single buffer
             out.clear()
         elif data is not None:  # out is [data]
@@ -600,6 +613,14 @@ class Front(Replies):
             for s, sender in enumerate(self.senders):
                 if wrote >> s & 1 and sender.ring.consumer_sleeping:
                     os.eventfd_write(self.shard_bells[s], 1)
+        if pending < self.pending_trimmed - TRIM_STEP:
+            # A large message is moving into a ring: give its pieces' pages back as it goes, or
+            # the front would keep all of it resident while the shard receives it.
+            self.trimmer.freed(self.pending_trimmed - pending)
+            self.trimmer.maybe_trim(0.0)
+            self.pending_trimmed = pending
+        elif pending > self.pending_trimmed:
+            self.pending_trimmed = pending
         paused = pending > PAUSE_HIGH_WATER
         if paused != self.paused:
             self.paused = paused
@@ -673,6 +694,9 @@ class Front(Replies):
 
     def control_message(self, s: int, op: int, extra: int, conn_id: int, m: bytes) -> None:
         """A message from shard `s` off the data path (anything but OP_REPLY and OP_SEND)."""
+        if op == messages.OP_LARGE:
+            self.large_from_shard(s, self.receivers[s].take_large())
+            return
         conn = self.by_id.get(conn_id)
         if op == messages.OP_WAKE:
             if conn is not None and conn.sleeping and not conn.noop_sent:
@@ -701,6 +725,43 @@ class Front(Replies):
         elif op == messages.OP_PONG:
             self.restarts.fail_lost_requests(s, extra)
 
+    def large_from_shard(self, s: int, fragments: list[bytes]) -> None:
+        """A message from shard `s` that came in fragments (a big JOB_ASSIGN or result): its
+        packet goes to the socket as the fragments themselves, never joined; anything off that
+        path is joined and taken as drain_shards takes a message."""
+        op, _arg, extra, conn_id = HEADER.unpack_from(fragments[0])
+        conn = self.by_id.get(conn_id)
+        if op != _OP_REPLY and op != _OP_SEND:
+            self.control_message(s, op, extra, conn_id, b"".join(fragments))
+            return
+        if conn is None:
+            return
+        pending = conn.pending
+        if (op == _OP_SEND and not pending) or (
+            op == _OP_REPLY and pending and pending[0][E_SEQ] == extra and pending[0][E_SHARD] == s
+        ):
+            if op == _OP_REPLY:
+                pending.popleft()
+            out = conn.out
+            if len(fragments[0]) > HEADER.size:
+                out.append(memoryview(fragments[0])[HEADER.size :])
+            for fragment in fragments[1:]:
+                out.append(fragment)
+            conn.out_bytes += sum(map(len, fragments)) - HEADER.size
+            if conn.out_bytes > self.output_limit:
+                self.overflowed(conn)
+                return
+            if not conn.want_write:
+                self.writers.add(conn)
+            if pending and pending[0][E_DATA] is not None:
+                self.release(conn)
+            return
+        data = b"".join(fragments)[HEADER.size :]
+        if op == _OP_REPLY:
+            self.fill(conn, s, extra, data)
+        else:
+            pending.append([-1, -1, 0, 0, data])
+
     def relay_exception(self, conn: Conn, body: bytes) -> None:
         if conn.exceptions:
             self.reply(conn, response(P.WORK_EXCEPTION, body))
@@ -722,6 +783,47 @@ class Front(Replies):
         conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None])
         conn.shards_used |= 1 << shard
         self.outbox[shard].append(_pack_header(_OP_PACKET, ptype, seq, conn.id) + body)
+
+    def forward_parts(self, shard: int, parts: list[Piece]) -> None:
+        """Send a message in parts (a header and a large body as it arrived), never joined, after
+        this turn's messages to the same shard."""
+        sender = self.senders[shard]
+        box = self.outbox[shard]
+        if box:
+            self.outbox[shard] = []
+            sender.send_many(box)
+        sender.send_parts(parts)
+
+    def on_large(self, conn: Conn, _large: int, frame: tuple[int, list[Piece]]) -> None:
+        """A packet with a large body (`Parser` ``large_pieces``): a submission or a work result
+        goes to its shard as the pieces it arrived in (as dispatch would send it whole); any
+        other packet is joined and handled as usual."""
+        ptype, pieces = frame
+        kind = _KIND[ptype]
+        if kind != _K_OTHER:
+            head = head_bytes(pieces, 4096)
+            end = head.find(b"\0")
+            if end >= 0 and kind == _K_SUBMIT and conn.rights is None:
+                shard = routing.shard_for(head[:end], self.shards)
+                conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
+                conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None])
+                conn.shards_used |= 1 << shard
+                self.forward_parts(shard, [_pack_header(_OP_PACKET, ptype, seq, conn.id), *pieces])
+                return
+            if end >= 0 and kind == _K_WORK:
+                found = routing.shard_for_handle(head[:end], self.shards)
+                if found is not None:
+                    conn.shards_used |= 1 << found
+                    header = _pack_header(_OP_PACKET, ptype, 0, conn.id)
+                    if ptype in _INLINE_RESULTS and sum(map(len, pieces)) <= RECENT_RESULT_BYTES:
+                        # kept for a restarted shard, as dispatch does (none bigger is kept)
+                        body = b"".join(pieces)
+                        self.outbox[found].append(header + body)
+                        self.restarts.results.remember(found, conn.id, ptype, body)
+                    else:
+                        self.forward_parts(found, [header, *pieces])
+                    return
+        self.handler_table[ptype](conn, ptype, b"".join(pieces))
 
     def count_close(self) -> None:
         """A connection was refused or closed as too slow (the metrics' protocol closes)."""

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Final
 from shardgear.jobs import LEASED, QUEUED, Function, Job, Worker
 from shardgear.messages import HEADER, OP_LEASE, OP_RECALL
 from shardgear.proto.packets import RES_MAGIC, PacketType
+from shardgear.proto.parser import LARGE_BODY
 
 if TYPE_CHECKING:
     from shardgear.scheduler import Scheduler
@@ -107,6 +108,12 @@ def offer(sched: Scheduler, w: Worker, ptype: int) -> None:
                 break
     if chosen is None or chosen.sleepers:
         return
+    for head in chosen.queues[best]:  # the live head (tombstones are skipped)
+        if head.state == QUEUED:
+            if len(head.data) >= LARGE_BODY:
+                return  # a lease is one joined packet, kept by the front: a large one would
+                # cost two more copies of its payload (issue 7 bounds a message to ~2 P)
+            break
     funcs = w.funcs
     if len(funcs) > 1:  # the round-robin moves on as if the worker had grabbed it
         timeout = funcs.pop(chosen)
@@ -164,7 +171,7 @@ def answer(sched: Scheduler, w: Worker, ptype: int, leasable: bool, now: float) 
             return False
     _clear(sched, w, job)
     _run(sched, w, job, now)
-    sched._send(w.conn, assign_packet(ptype, job))
+    sched.send_assign(w.conn, ptype, job)
     if leasable:
         offer(sched, w, ptype)
     return True

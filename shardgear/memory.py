@@ -66,12 +66,13 @@ class Trimmer:
         if self._freed >= TRIM_AFTER and self._trim is not None:
             self.due = True
 
-    def maybe_trim(self) -> bool:
-        """Trim if enough was freed and the last trim is old enough; return whether it did."""
+    def maybe_trim(self, interval: float = TRIM_INTERVAL) -> bool:
+        """Trim if enough was freed and the last trim is at least `interval` seconds old; return
+        whether it did."""
         if not self.due or self._trim is None:
             return False
         now = self._clock()
-        if now - self._last < TRIM_INTERVAL:
+        if now - self._last < interval:
             return False
         self._last = now
         self._freed = 0

@@ -38,6 +38,9 @@ OP_PING: Final = 13  # front -> shard: extra = marker; answered by OP_PONG after
 OP_PONG: Final = 14  # shard -> front: extra = the marker of the OP_PING
 OP_LEASE: Final = 15  # shard -> front: arg = GRAB type, body = JOB_ASSIGN* of conn's next job
 OP_RECALL: Final = 16  # shard -> front: body = handle: give the lease back if it is unused
+OP_LARGE: Final = 17  # never in a ring: a Receiver's stand-in for a message it kept in fragments
+LARGE_MARKER: Final = HEADER.pack(OP_LARGE, 0, 0, 0)
+"""What `shm.channel.Receiver.receive` returns in place of a fragmented message (`take_large`)."""
 
 # An OP_PACKET arg that is no Gearman packet type (the parser refuses those from a socket):
 REVOKE_ABILITY: Final = 0x100  # front -> shard: CANT_DO that also takes back the held jobs

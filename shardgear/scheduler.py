@@ -118,6 +118,8 @@ from .messages import (
 )
 from .proto.numbers import atou32, strtoll
 from .proto.packets import RES_MAGIC, PacketType, error_packet, response
+from .proto.parser import LARGE_BODY
+from .shm.channel import Piece, head_bytes
 
 __all__ = ["ERR_STORE", "Job", "JobLogHooks", "Scheduler"]
 
@@ -129,6 +131,7 @@ PRE_SLEEP: Final = int(PacketType.PRE_SLEEP)
 SUBMIT_JOB: Final = int(PacketType.SUBMIT_JOB)
 JOB_CREATED: Final = int(PacketType.JOB_CREATED)
 GRAB_JOB: Final = int(PacketType.GRAB_JOB)
+JOB_ASSIGN: Final = int(PacketType.JOB_ASSIGN)
 NO_JOB: Final = int(PacketType.NO_JOB)
 WORK_STATUS: Final = int(PacketType.WORK_STATUS)
 WORK_COMPLETE: Final = int(PacketType.WORK_COMPLETE)
@@ -234,6 +237,10 @@ class Scheduler:
         if len(prefix) + 20 >= HANDLE_SIZE:
             raise ValueError("handle_prefix too long: handles must stay under 64 bytes")
         self.out: list[bytes] = []  # this batch's messages to fronts (see the module docstring)
+        # The rest of a large packet in `out`, by the id() of its message there: the message
+        # holds the headers, the tail the payload, sent after it without being joined to it
+        # (Shard.flush; shm.channel.Sender.send_parts). Emptied by whoever empties `out`.
+        self.tails: dict[int, tuple[bytes, list[Piece]]] = {}
         self.shard_index = shard_index
         self.shard_count = shard_count
         self.job_retries = job_retries
@@ -272,9 +279,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ entry points
 
-    def handle_packet(
-        self, conn: int, ptype: int, body: bytes, now: float, seq: int = -1
-    ) -> None:
+    def handle_packet(self, conn: int, ptype: int, body: bytes, now: float, seq: int = -1) -> None:
         """Apply one request from connection `conn`. Never raises for any input.
 
         `seq` (0 or more) is the sequence number of a request that has a reply (SUBMIT_*,
@@ -344,6 +349,12 @@ class Scheduler:
             self.out.append(_header(OP_REPLY, 0, self._reply_seq, conn) + packet)
         else:
             self.out.append(_header(OP_SEND, 0, 0, conn) + packet)
+
+    def _send_tail(self, conn: int, packet: bytes, tail: list[Piece]) -> None:
+        """`_send` a packet whose last bytes are `tail` (a large payload), without joining."""
+        self._send(conn, packet)
+        m = self.out[-1]
+        self.tails[id(m)] = (m, tail)
 
     def _close(self, conn: int) -> None:
         """Have the front close `conn` (a protocol error gearmand closes for)."""
@@ -775,9 +786,21 @@ class Scheduler:
             funcs[chosen] = timeout
         job = self._take(chosen, best)
         self._assign(w, job, timeout, now)
-        self._send(conn, assign_packet(ptype, job))
+        self.send_assign(conn, ptype, job)
         if leasable and (chosen.nready or len(funcs) > 1):
             lease.offer(self, w, ptype)
+
+    def send_assign(self, conn: int, ptype: int, job: Job) -> None:
+        """Send `conn` the JOB_ASSIGN* of `job` for a GRAB of type `ptype`; a large payload goes
+        as the message's tail (`_send_tail`), never copied into one packet."""
+        data = job.data
+        if len(data) >= LARGE_BODY and ptype == GRAB_JOB:
+            h = job.handle
+            name = job.fn.name
+            size = len(h) + len(name) + len(data) + 2
+            self._send_tail(conn, _RES + _pack(JOB_ASSIGN, size) + h + b"\0" + name + b"\0", [data])
+        else:
+            self._send(conn, assign_packet(ptype, job))
 
     def _assign(self, w: Worker, job: Job, timeout: int, now: float) -> None:
         """`w` now runs `job` (out of any queue): log it, count it, start its CAN_DO_TIMEOUT
@@ -872,6 +895,28 @@ class Scheduler:
         if self._metrics is not None:
             self._metrics.ended(job, ptype, now)
         self._finish(job)
+
+    def large_result(self, conn: int, ptype: int, body: list[Piece], now: float) -> bool:
+        """WORK_COMPLETE, WORK_DATA or WORK_WARNING with a large body in pieces: relay the pieces
+        to the clients without joining them (as `_work_end` and `_work_data` would relay the body
+        whole). Return False, having done nothing, for anything else (another type, a job not
+        held, one with retries): the caller joins the body and calls `handle_packet`."""
+        if ptype != WORK_COMPLETE and ptype != WORK_DATA and ptype != WORK_WARNING:
+            return False
+        head = head_bytes(body, HANDLE_SIZE + 1)
+        i = head.find(b"\0")
+        job = self._held(conn, head[:i]) if i >= 0 else None
+        if job is None or job.retry is not None or job.fn.retry is not None:
+            return False
+        if job.clients:
+            packet = _RES + _pack(ptype, sum(map(len, body)))
+            for c in job.clients:
+                self._send_tail(c, packet, body)
+        if ptype == WORK_COMPLETE:
+            if self._metrics is not None:
+                self._metrics.ended(job, ptype, now)
+            self._finish(job)
+        return True
 
     def _work_fail(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         if len(body) >= HANDLE_SIZE:

@@ -49,7 +49,7 @@ from shardgear.proto.packets import NO_JOB_PACKET, PacketType
 from shardgear.retries import RetryPolicy
 from shardgear.scheduler import ERR_STORE, Scheduler
 from shardgear.shm import layout
-from shardgear.shm.channel import Receiver, Sender
+from shardgear.shm.channel import Piece, Receiver, Sender
 from shardgear.shm.doorbell import announce_sleep, awake, fence
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
@@ -101,7 +101,7 @@ class Shard:
         for f in range(self.fronts):
             in_seg = self._attach(instance.to_shard(f, index))
             out_seg = self._attach(instance.to_front(index, f))
-            self.receivers.append(Receiver(Ring(in_seg.buf)))
+            self.receivers.append(Receiver(Ring(in_seg.buf), messages.LARGE_MARKER))
             self.senders.append(Sender(Ring(out_seg.buf)))
         board_seg = self._attach(instance.board(index))
         self.board = layout.board_view(board_seg.buf)
@@ -396,30 +396,9 @@ class Shard:
         for m in msgs:
             op, arg, extra, conn = HEADER.unpack_from(m)
             if op == messages.OP_PACKET:
-                if arg in REPLY_TYPES:
-                    if self.draining and arg in GRAB_TYPES:
-                        sched.out.append(HEADER.pack(OP_REPLY, 0, extra, conn) + NO_JOB_PACKET)
-                    else:
-                        sched.handle_packet(conn, arg, m[16:], now, extra)
-                elif arg == SUBMIT_JOB_SCHED:  # cron.py: a schedule, kept by this shard
-                    cfg = self.config
-                    packet = self.cron.submit(
-                        m[16:],
-                        now,
-                        sched._new_handle,
-                        cfg.max_function_name,
-                        -(-cfg.max_schedules // cfg.shards),  # this shard's share
-                    )
-                    sched.out.append(HEADER.pack(OP_REPLY, 0, extra, conn) + packet)
-                elif extra == messages.REPLAYED and arg in RESULT_TYPES:
-                    # a result re-sent after our predecessor died: apply it if the job is still
-                    # running here; an error ("not found": it was done) must not reach the worker
-                    out = sched.out
-                    start = len(out)
-                    sched.handle_packet(conn, arg, m[16:], now)
-                    out[start:] = [e for e in out[start:] if HEADER.unpack_from(e)[3] != conn]
-                else:
-                    sched.handle_packet(conn, arg, m[16:], now)
+                self.packet(conn, arg, extra, m[16:], now)
+            elif op == messages.OP_LARGE:
+                self.large(front, self.receivers[front].take_large(), now)
             elif op == messages.OP_DISCONNECT:
                 sched.disconnect(conn, now)
             elif op == messages.OP_HELLO:
@@ -448,6 +427,55 @@ class Shard:
             else:
                 log.error("unknown message op %d from front %d", op, front)
 
+    def packet(self, conn: int, arg: int, extra: int, body: bytes, now: float) -> None:
+        """A Gearman request (OP_PACKET) from connection `conn`."""
+        sched = self.scheduler
+        if arg in REPLY_TYPES:
+            if self.draining and arg in GRAB_TYPES:
+                sched.out.append(HEADER.pack(OP_REPLY, 0, extra, conn) + NO_JOB_PACKET)
+            else:
+                sched.handle_packet(conn, arg, body, now, extra)
+        elif arg == SUBMIT_JOB_SCHED:  # cron.py: a schedule, kept by this shard
+            cfg = self.config
+            packet = self.cron.submit(
+                body,
+                now,
+                sched._new_handle,
+                cfg.max_function_name,
+                -(-cfg.max_schedules // cfg.shards),  # this shard's share
+            )
+            sched.out.append(HEADER.pack(OP_REPLY, 0, extra, conn) + packet)
+        elif extra == messages.REPLAYED and arg in RESULT_TYPES:
+            # a result re-sent after our predecessor died: apply it if the job is still
+            # running here; an error ("not found": it was done) must not reach the worker
+            out = sched.out
+            start = len(out)
+            sched.handle_packet(conn, arg, body, now)
+            out[start:] = [e for e in out[start:] if HEADER.unpack_from(e)[3] != conn]
+        else:
+            sched.handle_packet(conn, arg, body, now)
+
+    def large(self, front: int, fragments: list[bytes], now: float) -> None:
+        """A message from `front` that came in fragments: a large result is relayed as its
+        fragments (`Scheduler.large_result`), never joined; anything else is joined once."""
+        op, arg, extra, conn = HEADER.unpack_from(fragments[0])
+        body: list[Piece] = [memoryview(fragments[0])[16:], *fragments[1:]]
+        if (
+            op == messages.OP_PACKET
+            and extra != messages.REPLAYED
+            and self.scheduler.large_result(conn, arg, body, now)
+        ):
+            return
+        # Joined once, the fragments let go before the request is handled (a submission's split
+        # makes one more copy): 2P at most, never 3P.
+        whole = b"".join(body if op == messages.OP_PACKET else fragments)
+        body.clear()
+        fragments.clear()
+        if op == messages.OP_PACKET:
+            self.packet(conn, arg, extra, whole, now)
+        else:
+            self.handle(front, [whole], now)
+
     def route(self) -> None:
         """Move the scheduler's messages to the outboxes of the fronts that own their
         connections (a connection's front is the top byte of its id: byte 15 of a message)."""
@@ -471,14 +499,20 @@ class Shard:
         outbox = self.outbox
         wrote = 0  # bit mask of the rings written
         pending = 0
+        tails = self.scheduler.tails
         for f, sender in enumerate(self.senders):
             box = outbox[f]
             if box:
                 outbox[f] = []
-                sender.send_many(box)
+                if tails:
+                    self._send_with_tails(sender, box, tails)
+                else:
+                    sender.send_many(box)
             if sender.flush():
                 wrote |= 1 << f
             pending += sender.pending
+        if tails:
+            tails.clear()  # (those of messages dropped on the way: none in the usual case)
         if wrote:
             fence()
             for f, sender in enumerate(self.senders):
@@ -488,6 +522,20 @@ class Shard:
         if paused != self.paused:
             self.paused = paused
             log.debug("reading from fronts %s", "paused" if paused else "resumed")
+
+    @staticmethod
+    def _send_with_tails(
+        sender: Sender, box: list[bytes], tails: dict[int, tuple[bytes, list[Piece]]]
+    ) -> None:
+        """send_many, but a message with a tail (`Scheduler.tails`) goes with its tail in parts."""
+        start = 0
+        for i, m in enumerate(box):
+            tail = tails.pop(id(m), None)
+            if tail is not None and tail[0] is m:
+                sender.send_many(box[start:i])
+                sender.send_parts([m, *tail[1]])
+                start = i + 1
+        sender.send_many(box[start:] if start else box)
 
     def admin(self, conn: int, gid: int, body: bytes) -> None:
         """Answer an admin request from a front (orjson in, orjson out)."""

@@ -58,6 +58,15 @@ connection open, so the parser consumes the packet whole and goes on framing wha
 ADMIN_LINE_TYPE: Final = 0
 """``ptype`` of an admin line in the pairs of :meth:`Parser.feed_frames` (no packet has type 0)."""
 
+LARGE_PACKET_TYPE: Final = MAX_PACKET_TYPE + 1
+"""``ptype`` of a large packet in the pairs of :meth:`Parser.feed_frames` of a parser made with
+``large_pieces``: the pair is ``(LARGE_PACKET_TYPE, (ptype, pieces))``, the body as the buffers it
+arrived in (never joined), of at least ``LARGE_BODY`` bytes in all."""
+
+LARGE_BODY: Final = 1 << 20
+"""Bodies this big are joined from the received chunks directly (or, with ``large_pieces``, not
+joined at all)."""
+
 Frame = tuple[int, Any]
 """What :meth:`Parser.feed_frames` yields: ``(ptype, body)`` for a packet, as :class:`Packet`;
 ``(ADMIN_LINE_TYPE, tokens)`` for an admin line, as :class:`AdminLine`."""
@@ -65,7 +74,7 @@ Frame = tuple[int, Any]
 MAX_TOKENS: Final = 5
 """More tokens than this on one admin line closes the connection (gearmand TOO_MANY_ARGS)."""
 
-_LARGE: Final = 1 << 20  # bodies this big are joined from the chunks directly
+_LARGE: Final = LARGE_BODY
 _HEADER_SIZE: Final = HEADER.size
 _unpack_header = HEADER.unpack_from
 _split_spaces = re.compile(b" +").split
@@ -131,12 +140,16 @@ class Parser:
         max_packet_size: the largest payload accepted; a header announcing more raises
             :class:`PacketTooLarge` at once.
         max_line: the longest admin line accepted, in bytes before the ``\\n``.
+        large_pieces: :meth:`feed_frames` returns a body of at least ``LARGE_BODY`` bytes as the
+            list of buffers it arrived in (see :data:`LARGE_PACKET_TYPE`), not joined: whoever
+            forwards it need not hold it twice.
     """
 
     __slots__ = (
         "_chunks",
         "_data",
         "_error",
+        "_large_pieces",
         "_line",
         "_max_line",
         "_max_packet_size",
@@ -147,8 +160,14 @@ class Parser:
         "_scanned",
     )
 
-    def __init__(self, max_packet_size: int = 256 * 1024 * 1024, max_line: int = 8192) -> None:
+    def __init__(
+        self,
+        max_packet_size: int = 256 * 1024 * 1024,
+        max_line: int = 8192,
+        large_pieces: bool = False,
+    ) -> None:
         self._max_packet_size = max_packet_size
+        self._large_pieces = large_pieces
         self._max_line = max_line
         self._data = b""  # bytes being framed
         self._pos = 0  # offset of the first unframed byte of _data
@@ -195,11 +214,12 @@ class Parser:
         out: list[Event] = []
         try:
             if self._chunks:
-                joined = self._join()
+                joined = self._join(False)
                 if joined is False:
                     return NEED_DATA
                 if joined is not True:
-                    return joined
+                    packet: Packet = joined
+                    return packet
             self._scan(out, True, False)
         except ProtocolError as exc:
             self._fail(exc, out)
@@ -240,7 +260,7 @@ class Parser:
         out: list[Any] = []
         try:
             if self._chunks:
-                joined = self._join()
+                joined = self._join(plain)
                 if joined is False:
                     return out
                 if joined is not True:
@@ -268,11 +288,12 @@ class Parser:
         self._pending = 0
         exc.events = out
 
-    def _join(self) -> Packet | bool:
+    def _join(self, plain: bool) -> Any:
         """Merge ``_chunks`` into ``_data`` if the partial event can be complete.
 
         Returns False if it cannot yet, True once merged, or the partial packet itself when its
-        large body was assembled straight from the chunks (``_data`` then holds what follows).
+        large body was assembled straight from the chunks (``_data`` then holds what follows);
+        for `plain` frames of a ``large_pieces`` parser, the pair of :data:`LARGE_PACKET_TYPE`.
         """
         chunks = self._chunks
         held = len(self._data) - self._pos + self._pending
@@ -300,8 +321,8 @@ class Parser:
             self._data = b"".join([head, *chunks])
             return True
         # A large body: join it from the pieces directly, leaving the header out.
-        parts: list[bytes | memoryview] = [head[_HEADER_SIZE:]]
-        have = len(parts[0])
+        parts: list[bytes | memoryview] = [head[_HEADER_SIZE:]] if len(head) > _HEADER_SIZE else []
+        have = len(head) - _HEADER_SIZE
         rest: list[bytes | memoryview] = []
         for i, chunk in enumerate(chunks):
             if have + len(chunk) >= body_size:
@@ -313,6 +334,8 @@ class Parser:
             parts.append(chunk)
             have += len(chunk)
         self._data = b"".join(rest)
+        if plain and self._large_pieces:
+            return (LARGE_PACKET_TYPE, (self._ptype, parts))
         return _tuple_new(Packet, (self._ptype, b"".join(parts)))
 
     def _scan(self, out: list[Any], one: bool, plain: bool) -> None:

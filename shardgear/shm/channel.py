@@ -14,11 +14,19 @@ The two flags make restarts safe without coordination:
 
 Either way ``Receiver.dropped`` counts the message. ``Receiver.reset()`` drops a half message
 explicitly (for a peer that announced its restart).
+
+Large messages are never joined on either side unless the caller wants them whole:
+``Sender.send_parts`` sends a message given as several buffers (a header and a payload, say)
+without concatenating them, keeping references until the ring has taken each piece; and a
+``Receiver`` given a ``large_marker`` hands out a fragmented message as its list of fragments
+(``take_large``), leaving the marker in its place in the list of messages so that the order
+holds. A payload of P bytes then costs its sender and its receiver P each, and no transient 2P.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import Final
 
 from shardgear.shm.doorbell import fence
@@ -28,6 +36,31 @@ FLAG_MORE: Final = 1
 """Record flag: more fragments of this message follow."""
 FLAG_CONT: Final = 2
 """Record flag: this record continues a message begun in an earlier record."""
+
+Piece = bytes | bytearray | memoryview
+"""A buffer of a message sent or received in parts."""
+
+
+class _Chain:
+    """A message waiting in a Sender's overflow as parts (never joined), each sent in pieces of
+    at most max_record bytes; a part is dropped once the ring has all of it."""
+
+    __slots__ = ("offset", "parts", "started")
+
+    def __init__(self, parts: deque[Piece]) -> None:
+        self.parts = parts
+        self.offset = 0  # bytes of parts[0] already in the ring
+        self.started = False  # its first record is in the ring
+
+
+def head_bytes(parts: Sequence[Piece], n: int) -> bytes:
+    """The first `n` bytes (or all, if fewer) of a message given as `parts`."""
+    out = b""
+    for part in parts:
+        out += bytes(part[: n - len(out)])
+        if len(out) >= n:
+            break
+    return out
 
 
 class Sender:
@@ -49,7 +82,7 @@ class Sender:
         """Send through `ring`, of which this object must be the only producer."""
         self._ring = ring
         self._max_record = ring.max_record
-        self._overflow: deque[bytes] = deque()
+        self._overflow: deque[bytes | _Chain] = deque()
         self._offset = 0  # bytes of overflow[0] already in the ring
         self._pending = 0  # bytes in the overflow not yet in the ring
         self._wrote = False
@@ -105,6 +138,30 @@ class Sender:
         for message in messages:
             self.send(message)
 
+    def send_parts(self, parts: Sequence[Piece]) -> None:
+        """Send one message made of `parts` in order, without joining them.
+
+        The parts are kept by reference until the ring has taken them (each part is dropped as
+        soon as it is all in), so the caller must not change them. A message bigger than a record
+        is fragmented at the parts' boundaries and every ``max_record`` bytes within a part; its
+        first part should hold the whole message header (a receiver may read it from the first
+        fragment alone).
+        """
+        total = 0
+        kept: deque[Piece] = deque()
+        for part in parts:
+            if len(part):
+                kept.append(part)
+                total += len(part)
+        if total <= self._max_record:
+            self.send(b"".join(kept))
+            return
+        was_empty = not self._overflow
+        self._overflow.append(_Chain(kept))
+        self._pending += total
+        if was_empty:
+            self._drain()
+
     def flush(self) -> bool:
         """Move as much of the overflow into the ring as fits.
 
@@ -117,7 +174,7 @@ class Sender:
         self._wrote = False
         return wrote
 
-    def _put(self, payload: bytes | memoryview, flags: int) -> bool:
+    def _put(self, payload: Piece, flags: int) -> bool:
         """Put one record; when the ring is full, ask for a doorbell and look once more."""
         ring = self._ring
         if ring.put(payload, flags):
@@ -134,6 +191,11 @@ class Sender:
         overflow = self._overflow
         while overflow:
             message = overflow[0]
+            if isinstance(message, _Chain):
+                if not self._drain_chain(message):
+                    return
+                overflow.popleft()
+                continue
             n = len(message)
             off = self._offset
             if n <= max_record:
@@ -159,20 +221,52 @@ class Sender:
                 self._offset = 0
             overflow.popleft()
 
+    def _drain_chain(self, chain: _Chain) -> bool:
+        """Put what fits of a message sent in parts; True once all of it is in the ring."""
+        put = self._put
+        max_record = self._max_record
+        parts = chain.parts
+        while parts:
+            part = parts[0]
+            off = chain.offset
+            n = len(part)
+            end = min(off + max_record, n)
+            last = end == n and len(parts) == 1
+            flags = (FLAG_CONT if chain.started else 0) | (0 if last else FLAG_MORE)
+            piece = part if off == 0 and end == n else memoryview(part)[off:end]
+            if not put(piece, flags):
+                return False
+            chain.started = True
+            self._pending -= end - off
+            self._wrote = True
+            if end == n:
+                parts.popleft()
+                chain.offset = 0
+            else:
+                chain.offset = end
+        return True
+
 
 class Receiver:
     """The consuming end of a channel: complete messages, reassembled from fragments."""
 
-    __slots__ = ("_parts", "_ring", "_skipping", "dropped")
+    __slots__ = ("_large", "_marker", "_parts", "_ring", "_skipping", "dropped")
 
     dropped: int
     """Messages dropped because they were cut by a restart (see the module docstring)."""
 
-    def __init__(self, ring: Ring) -> None:
-        """Receive from `ring`, of which this object must be the only consumer."""
+    def __init__(self, ring: Ring, large_marker: bytes | None = None) -> None:
+        """Receive from `ring`, of which this object must be the only consumer.
+
+        With a `large_marker`, a message that came in fragments is not joined: ``receive``
+        returns the marker in its place and ``take_large`` its fragments (the first holds the
+        start of the message). The caller must take each one as it meets its marker.
+        """
         self._ring = ring
         self._parts: list[bytes] = []
         self._skipping = False
+        self._marker = large_marker
+        self._large: deque[list[bytes]] = deque()
         self.dropped = 0
 
     @property
@@ -215,8 +309,13 @@ class Receiver:
                 return
             self._skipping = False
             if parts:
-                out.append(b"".join(parts))
-                parts.clear()
+                if self._marker is not None:
+                    self._large.append(parts)
+                    self._parts = []
+                    out.append(self._marker)
+                else:
+                    out.append(b"".join(parts))
+                    parts.clear()
             return
         # Not a continuation: a new message starts here.
         if parts or self._skipping:
@@ -229,6 +328,10 @@ class Receiver:
             parts.append(payload)
         else:
             out.append(payload)
+
+    def take_large(self) -> list[bytes]:
+        """The fragments of the oldest message whose marker ``receive`` returned."""
+        return self._large.popleft()
 
     def producer_wants_wake(self) -> bool:
         """Return True, once, if the producer is waiting for room: the caller rings its doorbell.
@@ -256,4 +359,4 @@ class Receiver:
         self._parts.clear()
 
 
-__all__ = ["FLAG_CONT", "FLAG_MORE", "Receiver", "Sender"]
+__all__ = ["FLAG_CONT", "FLAG_MORE", "Piece", "Receiver", "Sender", "head_bytes"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import struct
 import time
 
 import pytest
@@ -19,6 +20,8 @@ from shardgear.proto.errors import (
 )
 from shardgear.proto.packets import ARGC, HEADER, REQUEST_TYPES, PacketType, request, split_args
 from shardgear.proto.parser import (
+    LARGE_BODY,
+    LARGE_PACKET_TYPE,
     NEED_DATA,
     RESPONSE_MAGIC_TYPE,
     AdminLine,
@@ -461,3 +464,25 @@ def test_round_trip(specs: list[tuple[int, list[bytes], bytes | None]], points: 
     events, error = run(cut(wire, points))
     assert error is None
     assert [(e.ptype, split_args(e.ptype, e.body)) for e in events] == expected_args  # type: ignore[union-attr]
+
+
+def test_large_pieces_gives_a_large_body_as_the_chunks_it_came_in() -> None:
+    body = bytes(range(256)) * (LARGE_BODY // 256) + b"odd"
+    wire = struct.pack(">4sII", b"\0REQ", 7, len(body)) + body
+    after = struct.pack(">4sII", b"\0REQ", 16, 2) + b"hi"
+    parser = Parser(max_packet_size=2 * LARGE_BODY, large_pieces=True)
+    frames = []
+    step = 65536 + 5
+    data = wire + after
+    for off in range(0, len(data), step):
+        frames += parser.feed_frames(data[off : off + step])
+    assert [f[0] for f in frames] == [LARGE_PACKET_TYPE, 16]
+    ptype, pieces = frames[0][1]
+    assert ptype == 7 and len(pieces) > 1
+    assert b"".join(pieces) == body
+    assert frames[1][1] == b"hi"
+    # without large_pieces (and through events()) the same body comes whole
+    whole = Parser(max_packet_size=2 * LARGE_BODY)
+    for off in range(0, len(data), step):
+        whole.feed(data[off : off + step])
+    assert [tuple(e) for e in whole.events()] == [(7, body), (16, b"hi")]

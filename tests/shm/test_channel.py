@@ -254,3 +254,89 @@ def test_64_mib_through_1_mib_ring_interleaved() -> None:
     assert out[0] == b"before"
     assert out[1] == big
     assert out[2] == b"after"
+
+
+# -- messages in parts (send_parts) and fragmented messages kept whole (large_marker) ----------
+
+MARKER = b"<large>"
+
+
+def receive_all(ring: Ring, sender: Sender, receiver: Receiver) -> list[bytes]:
+    """Drain the channel: every message, a large one as the join of what take_large gives."""
+    out: list[bytes] = []
+    for _ in range(100_000):
+        for m in receiver.receive():
+            out.append(b"".join(receiver.take_large()) if m is MARKER else m)
+        if not sender.flush() and ring.is_empty():
+            break
+    return out
+
+
+def test_send_parts_fragments_without_joining() -> None:
+    _, ring, sender, _unused = make_channel(512)  # max_record 128
+    head, body = b"H" * 16, bytearray(os.urandom(600))
+    sender.send_parts([head, b"", body])
+    assert sender.pending == 616 - 16 - 3 * 128  # what did not fit waits in the overflow
+    body[-1] ^= 0xFF  # kept by reference: the caller must not change it; here, we can see it
+    records = ring.get_many()
+    while sender.flush():
+        records += ring.get_many()
+    assert [len(p) for _, p in records] == [16, 128, 128, 128, 128, 88]
+    more, cont = FLAG_MORE, FLAG_CONT
+    assert [f for f, _ in records] == [more, *[more | cont] * 4, cont]
+    assert b"".join(p for _, p in records) == head + bytes(body)
+    assert sender.pending == 0 and sender.queued == 0
+
+
+def test_send_parts_small_is_one_record() -> None:
+    _, ring, sender, _ = make_channel(1024)
+    sender.send_parts([b"ab", memoryview(b"cd"), bytearray(b"ef")])
+    assert ring.get_many() == [(0, b"abcdef")]
+
+
+def test_large_marker_keeps_order_and_fragments() -> None:
+    _, ring, sender, receiver = make_channel(1024)
+    receiver = Receiver(ring, MARKER)
+    big = os.urandom(1000)
+    sender.send(b"first")
+    sender.send_parts([big[:16], big[16:]])
+    sender.send(b"last")
+    got: list[bytes] = []
+    fragments: list[list[bytes]] = []
+    for _ in range(20):
+        for m in receiver.receive():
+            got.append(m)
+            if m is MARKER:
+                fragments.append(receiver.take_large())
+        sender.flush()
+    assert got == [b"first", MARKER, b"last"]
+    assert fragments[0][0] == big[:16]  # the first part is its own first fragment
+    assert b"".join(fragments[0]) == big
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.sampled_from([128, 256, 1024]),
+    messages=st.lists(
+        st.tuples(st.booleans(), st.lists(st.integers(0, 700), min_size=1, max_size=5)),
+        max_size=20,
+    ),
+)
+def test_parts_and_whole_messages_interleaved(
+    capacity: int, messages: list[tuple[bool, list[int]]]
+) -> None:
+    _, ring, sender, _ = make_channel(capacity)
+    receiver = Receiver(ring, MARKER)
+    sent: list[bytes] = []
+    got: list[bytes] = []
+    for i, (in_parts, sizes) in enumerate(messages):
+        parts = [message(i * 8 + j, n) for j, n in enumerate(sizes)]
+        sent.append(b"".join(parts))
+        if in_parts:
+            sender.send_parts(parts)
+        else:
+            sender.send(sent[-1])
+        got += receive_all(ring, sender, receiver) if i % 3 == 2 else []
+    got += receive_all(ring, sender, receiver)
+    assert got == sent
+    assert sender.pending == 0
