@@ -51,8 +51,9 @@ import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from shardgear import access, tls
+from shardgear import access
 from shardgear.config import (
+    CLIENT_CERT_MODES,
     LOG_FORMATS,
     LOG_LEVELS,
     MIB,
@@ -267,7 +268,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("tls-cert", "tls_cert", text),
     Setting("tls-key", "tls_key", text),
     Setting("tls-ca", "tls_ca", text),
-    Setting("tls-client-cert", "tls_client_cert", choice(*tls.CLIENT_CERT_MODES)),
+    Setting("tls-client-cert", "tls_client_cert", choice(*CLIENT_CERT_MODES)),
     Setting("tls-listen", "tls_listen", text),
     Setting("tls-port", "tls_port", int_range(0, 65535)),
     Setting("tls-handshake-timeout", "tls_handshake_timeout", seconds),
@@ -499,6 +500,8 @@ def check_tls(config: Config) -> None:
         )
     if not config.tls_cert:
         return
+    from shardgear import tls  # ssl is imported only when TLS is configured
+
     try:
         tls.server_context(config.tls_cert, config.tls_key, config.tls_ca, config.tls_client_cert)
     except tls.TLSConfigError as exc:
