@@ -44,10 +44,8 @@ connection; `reload_changes` splits a new config into what is applied and what n
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -307,6 +305,8 @@ def load_file(path: str) -> tuple[dict[str, Any], tuple[FunctionRule, ...]]:
             raw = f.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    import tomllib  # only with --config (4 ms)
+
     try:
         source = raw.decode("utf-8")
         data = tomllib.loads(source)
@@ -385,6 +385,8 @@ def _failing_key(parse: Callable[[Any], Any], value: Any) -> tuple[str, ...]:
 
 
 def _unknown(key: str, known: list[str], what: str) -> str:
+    import difflib
+
     close = difflib.get_close_matches(key, known, n=1)
     if not close and "_" in key:
         close = difflib.get_close_matches(key.replace("_", "-"), known, n=1)
@@ -456,6 +458,8 @@ class _KeyLines:
 
 
 def _path_of(assignment: str) -> tuple[str, ...]:
+    import tomllib
+
     try:
         data: Any = tomllib.loads(assignment)
     except tomllib.TOMLDecodeError:
