@@ -350,20 +350,23 @@ class Supervisor:
         try:
             pid = os.fork()
             if pid == 0:
-                try:
-                    self._forget_shared()
-                    child_main.run_forked(
-                        child.role,
-                        child.index,
-                        self.instance.supervisor_pid,
-                        self.doorbells,
-                        self.config,
-                        fds,
-                        env,
-                        mask,
-                    )
+                try:  # never back into the supervisor's code from here
+                    try:
+                        self._forget_shared()
+                        child_main.run_forked(
+                            child.role,
+                            child.index,
+                            self.instance.supervisor_pid,
+                            self.doorbells,
+                            self.config,
+                            fds,
+                            env,
+                            mask,
+                        )
+                    except BaseException:
+                        log.critical("forked %s could not start", child.name, exc_info=True)
                 finally:
-                    os._exit(child_main.EXIT_CRASH)  # never back into the supervisor's code
+                    os._exit(child_main.EXIT_CRASH)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return Forked(pid)
