@@ -12,6 +12,10 @@ A child never outlives its supervisor: the kernel sends it SIGTERM when the supe
 (PR_SET_PDEATHSIG, Linux), and a child whose parent is already not the supervisor when it starts
 exits at once. A front waits until every shard is READY before it listens, so that the supervisor
 can start fronts and shards together and no connection is served before the store is replayed.
+
+At its first start the supervisor does not exec this module: it forks its children, which call
+`run_forked` instead of `main` (ARCHITECTURE.md, "Supervisor"); `python -m shardgear.child` is the
+restart path. The environment variable SHARDGEAR_SPAWN=exec makes the first start exec too.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterable
+from typing import NoReturn
 
 # A stop signal can come before the front or shard has installed its handlers (the supervisor
 # starts a graceful stop the moment it is asked to); SIGUSR1's default action would kill us, with
@@ -30,15 +36,6 @@ _early_signals: list[int] = []
 
 def _record(signum: int, frame: object) -> None:
     _early_signals.append(signum)
-
-
-for _sig in (signal.SIGTERM, signal.SIGUSR1):
-    signal.signal(_sig, _record)
-signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor; it stops us
-# A reload is the supervisor's business (it republishes the config; we read it from shared
-# memory), and `systemctl kill -s HUP` or a closing terminal signals the whole group.
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
-signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the supervisor's spawn
 
 
 def _die_with_parent() -> None:
@@ -52,7 +49,19 @@ def _die_with_parent() -> None:
         pass
 
 
-_die_with_parent()
+def _early_setup() -> None:
+    """A child's signals before its front or shard takes over, and its parent-death signal."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, _record)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor; it stops us
+    # A reload is the supervisor's business (it republishes the config; we read it from shared
+    # memory), and `systemctl kill -s HUP` or a closing terminal signals the whole group.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the supervisor's spawn
+    _die_with_parent()
+
+
+_early_setup()
 
 import time  # noqa: E402
 
@@ -87,16 +96,99 @@ def wait_for_shards(control: memoryview, instance: Instance, supervisor: int) ->
 
 
 def main(argv: list[str]) -> int:
-    """Run one child process; return its exit status."""
+    """Run one child process (``python -m shardgear.child`` ARGV); return its exit status."""
     role, index_text, sup_text, bells_text, config_json = argv
     supervisor = int(sup_text)
     if os.getppid() != supervisor:
         return 0  # the supervisor died before PR_SET_PDEATHSIG took effect
     config = Config.from_json_dict(orjson.loads(config_json))
-    index = int(index_text)
+    doorbells = [int(x) for x in bells_text.split(",")]
+    return run(role, int(index_text), supervisor, doorbells, config)
+
+
+def run_forked(
+    role: str,
+    index: int,
+    supervisor: int,
+    doorbells: list[int],
+    config: Config,
+    keep_fds: list[int],
+    env: dict[str, str],
+    mask: Iterable[int],
+) -> NoReturn:
+    """Become ROLE INDEX in a process the supervisor has just forked, then exit; never returns.
+
+    What exec and `main` give a child, done by hand: the signal setup of this module's import
+    (the supervisor's handlers and wakeup fd go; `mask` is the supervisor's signal mask before it
+    blocked signals for the fork), PR_SET_PDEATHSIG (a fork clears it), only the file descriptors
+    of `keep_fds` besides stdio (what ``pass_fds`` would pass), stdin from /dev/null, `env` added
+    to the environment, and a command line that names the role (``ps``, tests). It ends with
+    ``os._exit``: nothing of the supervisor (its ``finally`` blocks, which unlink the shared
+    memory, its atexit handlers, buffered output) may run here.
+    """
+    status = EXIT_CRASH
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGQUIT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        _early_signals.clear()
+        _early_setup()
+        signal.pthread_sigmask(signal.SIG_SETMASK, set(mask) - {signal.SIGHUP})  # pending: now
+        _close_fds_except(keep_fds)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.environ.update(env)
+        _set_title(f"shardgear.child\0{role}\0{index}\0")
+        if os.getppid() == supervisor:  # else it died before PR_SET_PDEATHSIG took effect
+            status = run(role, index, supervisor, doorbells, config)
+        else:
+            status = 0
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:
+        log.critical("%s %d crashed", role, index, exc_info=True)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
+
+
+def _close_fds_except(keep: list[int]) -> None:
+    """Close every file descriptor above stderr but those in `keep` (as subprocess does)."""
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, max(os.sysconf("SC_OPEN_MAX"), low))
+
+
+def _set_title(title: str) -> None:
+    """Write `title` over this process's command line (``/proc/PID/cmdline``, what ``ps`` shows),
+    NUL-padded and cut to the original's length, as setproctitle(3) does on Linux. A forked child
+    would otherwise show the supervisor's command line; NULs in `title` separate arguments."""
+    try:
+        import ctypes
+
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (proc(5): 48, 49)
+        if not start or end <= start:
+            return
+        data = title.encode()[: end - start - 1]
+        ctypes.memmove(start, data.ljust(end - start, b"\0"), end - start)
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        pass
+
+
+def run(role: str, index: int, supervisor: int, doorbells: list[int], config: Config) -> int:
+    """Run front, shard or http `index` until it stops; return the process's exit status."""
     logs.setup(f"{role}{index}", config.log_level, config.log_format)
     instance = Instance(config.port, supervisor, config.fronts, config.shards)
-    doorbells = [int(x) for x in bells_text.split(",")]
     from shardgear.shm.layout import control_view
     from shardgear.shm.segment import Segment
 

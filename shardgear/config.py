@@ -18,6 +18,7 @@ from shardgear.retries import RetryPolicy
 MIB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "human", "journal")
+CLIENT_CERT_MODES = ("required", "optional", "none")  # --tls-client-cert (tls.py)
 
 
 def cpu_count() -> int:

@@ -44,15 +44,14 @@ connection; `reload_changes` splits a new config into what is applied and what n
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from shardgear import access, tls
+from shardgear import access
 from shardgear.config import (
+    CLIENT_CERT_MODES,
     LOG_FORMATS,
     LOG_LEVELS,
     MIB,
@@ -267,7 +266,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("tls-cert", "tls_cert", text),
     Setting("tls-key", "tls_key", text),
     Setting("tls-ca", "tls_ca", text),
-    Setting("tls-client-cert", "tls_client_cert", choice(*tls.CLIENT_CERT_MODES)),
+    Setting("tls-client-cert", "tls_client_cert", choice(*CLIENT_CERT_MODES)),
     Setting("tls-listen", "tls_listen", text),
     Setting("tls-port", "tls_port", int_range(0, 65535)),
     Setting("tls-handshake-timeout", "tls_handshake_timeout", seconds),
@@ -306,6 +305,8 @@ def load_file(path: str) -> tuple[dict[str, Any], tuple[FunctionRule, ...]]:
             raw = f.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    import tomllib  # only with --config (4 ms)
+
     try:
         source = raw.decode("utf-8")
         data = tomllib.loads(source)
@@ -384,6 +385,8 @@ def _failing_key(parse: Callable[[Any], Any], value: Any) -> tuple[str, ...]:
 
 
 def _unknown(key: str, known: list[str], what: str) -> str:
+    import difflib
+
     close = difflib.get_close_matches(key, known, n=1)
     if not close and "_" in key:
         close = difflib.get_close_matches(key.replace("_", "-"), known, n=1)
@@ -455,6 +458,8 @@ class _KeyLines:
 
 
 def _path_of(assignment: str) -> tuple[str, ...]:
+    import tomllib
+
     try:
         data: Any = tomllib.loads(assignment)
     except tomllib.TOMLDecodeError:
@@ -499,6 +504,8 @@ def check_tls(config: Config) -> None:
         )
     if not config.tls_cert:
         return
+    from shardgear import tls  # ssl is imported only when TLS is configured
+
     try:
         tls.server_context(config.tls_cert, config.tls_key, config.tls_ca, config.tls_client_cert)
     except tls.TLSConfigError as exc:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import collections
 import socket
 from select import EPOLLIN
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from shardgear.access import Rights
 from shardgear.proto.parser import Parser
-from shardgear.tls import TLSStream
+
+if TYPE_CHECKING:  # ssl is imported only when TLS is configured
+    from shardgear.tls import TLSStream
 
 Pending = list[Any]
 """A reply owed to a connection, filled by a shard's reply (matched by seq) or a gather: a plain

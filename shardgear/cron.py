@@ -37,8 +37,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from cronsim import CronSim, CronSimError
-
 from shardgear.messages import json_bytes, json_text
 from shardgear.proto.packets import PacketType, error_packet, response
 from shardgear.scheduler import MAX_UNIQUE, NORMAL, Scheduler
@@ -86,6 +84,8 @@ def parse_fields(fields: list[bytes]) -> str:
             raise ValueError(f"bad {name} field: longer than {MAX_FIELD} characters")
         parts.append(text)
     expr = " ".join(parts)
+    from cronsim import CronSim, CronSimError  # imported once a schedule is used (2 ms)
+
     try:
         CronSim(expr, datetime(2000, 1, 1))
     except (CronSimError, ValueError, OverflowError) as exc:
@@ -98,6 +98,8 @@ def parse_fields(fields: list[bytes]) -> str:
 def next_match(expr: str, after: float) -> float:
     """The first matching minute (epoch seconds) strictly after the minute of `after`, in local
     wall-clock time."""
+    from cronsim import CronSim
+
     dt = next(CronSim(expr, datetime.fromtimestamp(after)))
     at = dt.timestamp()
     if at <= after:  # a repeated hour (DST ends): the earlier instance is in the past
@@ -108,6 +110,8 @@ def next_match(expr: str, after: float) -> float:
 
 def last_match(expr: str, at: float) -> float:
     """The last matching minute (epoch seconds) at or before `at`, in local wall-clock time."""
+    from cronsim import CronSim
+
     start = datetime.fromtimestamp(at).replace(second=0, microsecond=0) + timedelta(seconds=1)
     return next(CronSim(expr, start, reverse=True)).timestamp()
 
@@ -179,6 +183,8 @@ class Crontab:
         conn = self._store.get(create=False)
         if conn is None:
             return 0
+        from cronsim import CronSimError
+
         try:
             rows = list(
                 conn.execute(

@@ -32,11 +32,10 @@ import os
 import select
 import signal
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from zlib import crc32
 
 import orjson
@@ -79,8 +78,12 @@ from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
 from shardgear.sockets import address_text, listeners
 from shardgear.stats import ChildStats
-from shardgear.tls import TLSStream
 from shardgear.unread import UnreadCap
+
+if TYPE_CHECKING:  # ssl is imported only when TLS is configured (front_security.py)
+    import ssl
+
+    from shardgear.tls import TLSStream
 
 log = logging.getLogger("shardgear.front")
 

@@ -24,11 +24,10 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import ssl
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from shardgear import front_workers, tls
+from shardgear import front_workers
 from shardgear.access import STATUS, SUBMIT, WORK, AccessPolicy, Identity, Rights
 from shardgear.config import Config
 from shardgear.limits import ConnectionLimits
@@ -39,6 +38,9 @@ from shardgear.shm import layout
 from shardgear.sockets import bind_listener
 
 if TYPE_CHECKING:
+    import ssl
+
+    from shardgear import tls
     from shardgear.connection import Conn
     from shardgear.front import Front
 
@@ -83,6 +85,8 @@ class FrontSecurity:
         #: the handshakes in progress by fd (the same dict for the front's life; empty without TLS)
         self.handshaking: dict[int, Any] = {}
         if config.tls:
+            from shardgear import tls  # ssl is imported only when TLS is configured
+
             self.context = tls.server_context(
                 config.tls_cert, config.tls_key, config.tls_ca, config.tls_client_cert
             )

@@ -16,8 +16,6 @@ large payload pay for fresh pages; see BENCHMARKS.md. Without glibc (musl, macOS
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import time
 from collections.abc import Callable
 from typing import Final
@@ -29,12 +27,12 @@ TRIM_INTERVAL: Final = 1.0
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    # The C library is already in the process: look the symbol up there (dlopen(NULL)), not with
+    # ctypes.util.find_library, which runs ldconfig (10 ms at every front's start).
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]

@@ -8,7 +8,9 @@ Theory of operation
    and inherit doorbells. Make the job logs in the state directory fit this run's shard count
    (`shardgear.reshard`). With socket activation (LISTEN_FDS) the inherited listening sockets are
    handed to every front, which then binds nothing itself.
-3. Spawn S shards and F fronts together (``python -m shardgear.child``). Each shard recovers its
+3. Spawn S shards and F fronts together: forked at the first start, while the supervisor has no
+   thread (the modules they run are imported once, here), and ``python -m shardgear.child``
+   (exec) on a restart or when a thread exists (`Supervisor.can_fork`). Each shard recovers its
    stored jobs from its job log (a restarted shard recovers all of its predecessor's jobs instead:
    ARCHITECTURE.md, "Shard crash"), then sets its control-block state to READY; a front waits
    until every shard is READY before it listens, so no connection is served before the jobs are
@@ -36,27 +38,28 @@ The supervisor never sleeps longer than `IDLE_TICK`; while something is about to
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import resource
 import select
 import signal
 import socket
-import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import orjson
 
 from shardgear import __version__, build_info, logs, stats
+from shardgear import child as child_main
 from shardgear.child import EXIT_BOOT_ERROR
 from shardgear.config import Config
 from shardgear.config_file import ConfigError, reload_changes
-from shardgear.httpd import METRICS_UPSTREAM_ENV
 from shardgear.instance import Instance, prefix_for_port
 from shardgear.live_config import SEGMENT_BYTES, SettingsWriter
 from shardgear.reshard import prepare_job_logs
@@ -65,9 +68,9 @@ from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment, pid_alive, sweep_stale
 from shardgear.sockets import LISTEN_FDS_ENV
 from shardgear.systemd import Notifier, listen_fds
-from shardgear.tls import tls_summary
 
 if TYPE_CHECKING:  # imported when --metrics is on (prometheus_client takes a while to load)
+    from shardgear.httpd import HttpServer
     from shardgear.metrics import Process, RingUse
 
 log = logging.getLogger("shardgear.supervisor")
@@ -85,6 +88,64 @@ EXTEND_AFTER: Final = 2.0  # a start longer than this asks systemd for more time
 EXTEND_INTERVAL: Final = 5.0  # ... every EXTEND_INTERVAL seconds ...
 EXTEND_BY: Final = 15.0  # ... this much each time ...
 START_PROGRESS_WINDOW: Final = 60.0  # ... while some shard's progress moved within this
+#: SHARDGEAR_SPAWN=exec: start the children with exec at the first start too (no fork).
+SPAWN_ENV: Final = "SHARDGEAR_SPAWN"
+#: Signals held pending across a fork: the child installs its own handlers before they run.
+FORK_BLOCKED: Final = frozenset(
+    {
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGHUP,
+        signal.SIGCHLD,
+    }
+)
+
+
+class ChildProcess(Protocol):
+    """What the supervisor uses of a child process: `subprocess.Popen`'s or `Forked`'s."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class Forked:
+    """A child made by ``os.fork``, with the part of `subprocess.Popen`'s interface the
+    supervisor uses (`returncode` is ``-signal`` for a child killed by a signal, as Popen's)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """The exit status if the child has exited (reaping it), else None."""
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # pragma: no cover - reaped elsewhere
+                self.returncode = 255
+            else:
+                if pid == self.pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the child unless it has been reaped (its pid may be another process's now)."""
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 class HaltServer(Exception):
@@ -98,7 +159,7 @@ class Child:
         self.role = role
         self.index = index
         self.slot = slot
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ChildProcess | None = None
         self.deaths: deque[float] = deque(maxlen=RESTART_LIMIT)
         self.restarts = 0
         self.drain_sent = 0  # pid of the process that got SIGUSR1 for a graceful stop
@@ -217,13 +278,114 @@ class Supervisor:
 
     # -------------------------------------------------------------- children
 
-    def spawn(self, child: Child) -> None:
+    def can_fork(self) -> bool:
+        """Whether children may be forked now rather than exec'd: only while this process has a
+        single thread (a fork copies locks that another thread may hold: logging's, malloc's,
+        the metrics thread's), and not when SHARDGEAR_SPAWN=exec asks for exec."""
+        return (
+            hasattr(os, "fork")
+            and threading.active_count() == 1
+            and os.environ.get(SPAWN_ENV, "") != "exec"
+        )
+
+    def spawn_all(self) -> None:
+        """Start every child together (a front waits for the shards itself): by fork when
+        `can_fork` (the first start's fast path: no interpreter start and no imports per child),
+        else by exec."""
+        fork = self.can_fork()
+        if fork:
+            # Imported once here instead of once per child (the HTTP process imports its own
+            # after the fork: it is optional and heavy).
+            from shardgear import front, shard  # noqa: F401
+
+            # No garbage whose finalizer could close a file descriptor number in a child, where
+            # the number may belong to something else by then; frozen objects are not scanned by
+            # the children's collections either (fewer pages copied).
+            gc.collect()
+            gc.freeze()
+        try:
+            for child in self.children:
+                self.spawn(child, fork=fork)
+        finally:
+            if fork:
+                gc.unfreeze()
+
+    def spawn(self, child: Child, fork: bool = False) -> None:
+        """Start the process of `child`'s slot: forked (`fork`, see `spawn_all`) or exec'd."""
         assert self.control is not None and self.stats is not None
         base = child.slot * layout.CONTROL_BYTES // 8
         for i in range(layout.CONTROL_BYTES // 8):
             self.control[base + i] = 0
         self.control[base + layout.CTRL_RUN_ID] = self.run_id
         self.stats.retire(child.slot, child.index if child.role == "shard" else -1)
+        fds = list(self.doorbells)
+        env: dict[str, str] = {}
+        if child.role == "front" and self.inherited:
+            fds += self.inherited
+            env[LISTEN_FDS_ENV] = ",".join(map(str, self.inherited))
+        elif child.role == "http" and self.metrics_upstream:
+            from shardgear.httpd import METRICS_UPSTREAM_ENV
+
+            env[METRICS_UPSTREAM_ENV] = self.metrics_upstream
+        if fork:
+            child.proc = self._fork(child, fds, env)
+        else:
+            child.proc = self._exec(child, fds, env)
+        child.beat = -1
+        child.beat_at = time.monotonic()
+        child.state = layout.CHILD_EMPTY
+        if child.restarts:
+            log.log(logs.NOTICE, "restarted %s as pid %d", child.name, child.proc.pid)
+        else:
+            how = " (forked)" if fork else ""
+            log.info("started %s as pid %d%s", child.name, child.proc.pid, how)
+
+    def _fork(self, child: Child, fds: list[int], env: dict[str, str]) -> Forked:
+        """Fork `child`'s process, which runs `shardgear.child.run_forked` and never returns."""
+        for stream in (sys.stdout, sys.stderr):  # or the child would write it a second time
+            stream.flush()
+        # Stop signals stay pending in the child until its own handlers are in place (the
+        # supervisor's would write to our wakeup socket); SIGHUP as in `_exec`.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                try:  # never back into the supervisor's code from here
+                    try:
+                        self._forget_shared()
+                        child_main.run_forked(
+                            child.role,
+                            child.index,
+                            self.instance.supervisor_pid,
+                            self.doorbells,
+                            self.config,
+                            fds,
+                            env,
+                            mask,
+                        )
+                    except BaseException:
+                        log.critical("forked %s could not start", child.name, exc_info=True)
+                finally:
+                    os._exit(child_main.EXIT_CRASH)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return Forked(pid)
+
+    def _forget_shared(self) -> None:
+        """(In a forked child) unmap the supervisor's views of the segments: the child maps what
+        it uses itself, by name, as an exec'd one does. Nothing is unlinked."""
+        for _src, _dst, words in self.rings:
+            words.release()
+        for obj in (self.control, self.settings, self.stats):
+            if obj is not None:
+                obj.release()
+        for seg in self.segments:
+            seg.close()
+
+    def _exec(self, child: Child, fds: list[int], env: dict[str, str]) -> ChildProcess:
+        """Start `child`'s process as ``python -m shardgear.child`` with `fds` inherited."""
+        import subprocess
+
         cmd = [
             sys.executable,
             "-m",
@@ -234,35 +396,26 @@ class Supervisor:
             ",".join(map(str, self.doorbells)),
             orjson.dumps(self.config.to_json_dict()).decode(),
         ]
-        fds = self.doorbells
-        env = None
-        if child.role == "front" and self.inherited:
-            fds = fds + self.inherited
-            env = dict(os.environ, **{LISTEN_FDS_ENV: ",".join(map(str, self.inherited))})
-        elif child.role == "http" and self.metrics_upstream:
-            env = dict(os.environ, **{METRICS_UPSTREAM_ENV: self.metrics_upstream})
         # SIGHUP stays blocked (pending, not lost) across the spawn: the child inherits the mask
         # and unblocks it once it ignores SIGHUP, so a HUP to the whole group (systemctl kill)
         # cannot kill a child that is still starting.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
-            child.proc = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL, env=env)
+            return subprocess.Popen(
+                cmd,
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+                env=dict(os.environ, **env) if env else None,
+            )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        child.beat = -1
-        child.beat_at = time.monotonic()
-        child.state = layout.CHILD_EMPTY
-        if child.restarts:
-            log.log(logs.NOTICE, "restarted %s as pid %d", child.name, child.proc.pid)
-        else:
-            log.info("started %s as pid %d", child.name, child.proc.pid)
 
     def reap(self) -> None:
         for child in self.children:
             proc = child.proc
-            if proc is None or proc.poll() is None:
+            status = None if proc is None else proc.poll()
+            if proc is None or status is None:
                 continue
-            status = proc.returncode
             child.proc = None
             if self.stopping:
                 continue
@@ -309,7 +462,7 @@ class Supervisor:
             __version__,
             build_info.describe(),
             where,
-            tls_summary(self.config),
+            _tls_summary(self.config),
             self.config.fronts,
             self.config.shards,
             os.getpid(),
@@ -437,10 +590,11 @@ class Supervisor:
             out.append(RingUse(src, dst, max(0, used), int(words[layout.RING_CAPACITY_Q])))
         return out
 
-    def start_metrics(self) -> None:
-        """Serve Prometheus metrics on --metrics (a thread of ours; children do nothing). When
-        --http names the same address, the HTTP process owns it and forwards /metrics to our
-        listener on loopback (httpd.py)."""
+    def bind_metrics(self) -> HttpServer:
+        """Bind the --metrics listener, served by a thread of ours once `HttpServer.start` is
+        called (after the children are forked; children do nothing with it). When --http names
+        the same address, the HTTP process owns it and forwards /metrics to our listener on
+        loopback (httpd.py)."""
         from shardgear import httpd, metrics
 
         assert self.stats is not None
@@ -453,7 +607,6 @@ class Supervisor:
             server = httpd.HttpServer(address, router)
         except OSError as exc:
             raise HaltServer(f"cannot serve metrics on {address}: {exc}") from None
-        server.start()
         self.stack.callback(server.stop)
         if shared:
             self.metrics_upstream = f"127.0.0.1:{server.port}"
@@ -464,6 +617,7 @@ class Supervisor:
             )
         else:
             log.info("metrics on http://%s/metrics", self.config.metrics)
+        return server
 
     # ------------------------------------------------------------------ loop
 
@@ -487,8 +641,7 @@ class Supervisor:
                 self.create_shared()
                 if self.config.store != "none":
                     prepare_job_logs(self.config, log)
-                if self.config.metrics:
-                    self.start_metrics()
+                metrics = self.bind_metrics() if self.config.metrics else None
                 self.children = [
                     Child("shard", s, self.instance.shard_slot(s))
                     for s in range(self.config.shards)
@@ -498,8 +651,9 @@ class Supervisor:
                 ]
                 if self.config.http:  # the HTTP API (http_server.py), a client of the fronts
                     self.children.append(Child("http", 0, self.instance.http_slot))
-                for child in self.children:  # together: a front waits for the shards itself
-                    self.spawn(child)
+                self.spawn_all()
+                if metrics is not None:
+                    metrics.start()  # the first thread: after the forks
                 self.loop(rfd)
             except HaltServer as exc:
                 log.critical("halting: %s", exc)
@@ -656,6 +810,15 @@ def _name_of(fd: int) -> str:
         host = address[0]
         return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
     return str(address)
+
+
+def _tls_summary(config: Config) -> str:
+    """`tls.tls_summary`, without importing ssl when TLS is off."""
+    if not config.tls_cert:
+        return ""
+    from shardgear.tls import tls_summary
+
+    return tls_summary(config)
 
 
 def fsize_cap(wanted: int) -> int:

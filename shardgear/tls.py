@@ -35,11 +35,11 @@ import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from shardgear.config import CLIENT_CERT_MODES
 from shardgear.log_limit import LogLimiter
 
 log = logging.getLogger("shardgear.tls")
 
-CLIENT_CERT_MODES: Final = ("required", "optional", "none")
 _VERIFY_MODES: Final = {
     "required": ssl.CERT_REQUIRED,
     "optional": ssl.CERT_OPTIONAL,

@@ -1,0 +1,101 @@
+"""How the supervisor starts its children: forked at the first start (no interpreter start and no
+imports per child), ``python -m shardgear.child`` (exec) on a restart or with SHARDGEAR_SPAWN=exec.
+Either way a child ends with its supervisor and holds none of the supervisor's own descriptors."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.gearclient import Conn, wait_for
+from tests.ops.helpers import child_roles, wait_for_log
+
+pytestmark = pytest.mark.shardgear_only
+ROLES = ["front0", "front1", "shard0", "shard1"]
+
+
+def argv(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
+def forked(pid: int) -> bool:
+    """A forked child's command line is its title (child._set_title): no interpreter, no -m."""
+    return argv(pid)[0] == b"shardgear.child"
+
+
+def execd(pid: int) -> bool:
+    args = argv(pid)
+    return b"-m" in args and args[args.index(b"-m") + 1] == b"shardgear.child"
+
+
+def descriptors(pid: int) -> set[str]:
+    """What each open fd of `pid` points at ("socket:[123]", "pipe:[456]", paths...)."""
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            out.add(os.readlink(fd))
+        except OSError:
+            pass
+    return out
+
+
+def test_forked_at_start_execd_on_restart_and_all_end_with_the_supervisor(start_server):
+    srv = start_server()
+    roles = child_roles(srv.pid)
+    assert sorted(roles.values()) == ROLES
+    assert all(forked(pid) for pid in roles), {pid: argv(pid) for pid in roles}
+    wait_for_log(srv, "started front 0 as pid")
+    assert "(forked)" in srv.stderr_text()
+
+    front0 = next(pid for pid, role in roles.items() if role == "front0")
+    os.kill(front0, signal.SIGKILL)
+
+    def new_front0() -> int | None:
+        now = child_roles(srv.pid)
+        pid = next((p for p, role in now.items() if role == "front0"), None)
+        return pid if pid not in (None, front0) else None
+
+    again = wait_for(new_front0, what="front 0 to be restarted")
+    assert execd(again)
+    wait_for_log(srv, "restarted front 0 as pid")
+    for _ in range(4):  # whichever front the kernel picks: both serve
+        with Conn(srv.address) as c:
+            assert wait_for(lambda c=c: c.admin("version").startswith("OK"))
+
+    # the exec'd child and the forked ones alike end when the supervisor is killed
+    kids = list(child_roles(srv.pid))
+    assert len(kids) == 4 and again in kids
+    os.kill(srv.pid, signal.SIGKILL)
+    srv.wait(10)
+    wait_for(
+        lambda: not any(os.path.exists(f"/proc/{k}") for k in kids),
+        timeout=10,
+        what="the children of a killed supervisor to exit",
+    )
+    srv.stop(check=False)  # removes what the killed supervisor left in /dev/shm
+
+
+def test_a_forked_child_holds_none_of_the_supervisors_sockets_or_pipes(start_server):
+    metrics = f"127.0.0.1:{free_port()}"
+    srv = start_server("--metrics", metrics)
+    ours = {d for d in descriptors(srv.pid) if d.startswith(("socket:", "pipe:"))}
+    assert ours  # the metrics listener, the signal wakeup pair, the HTTP thread's wake pipe
+    roles = child_roles(srv.pid)
+    assert sorted(roles.values()) == ROLES
+    for pid in roles:
+        assert forked(pid)
+        assert descriptors(pid) & ours == set(), roles[pid]
+        assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+
+
+def test_spawn_exec_starts_every_child_with_exec(start_server):
+    srv = start_server(env={"SHARDGEAR_SPAWN": "exec"})
+    roles = child_roles(srv.pid)
+    assert sorted(roles.values()) == ROLES
+    assert all(execd(pid) for pid in roles)
+    with Conn(srv.address) as c:
+        assert c.admin("version").startswith("OK")
