@@ -61,7 +61,11 @@ def _early_setup() -> None:
     _die_with_parent()
 
 
-_early_setup()
+# Only as a program (``python -m shardgear.child``): the supervisor imports this module too, to
+# fork its children, and must keep its own handlers and no parent-death signal of its own (with
+# one, ``nohup shardgear &`` from a shell that then exits would stop the server).
+if __name__ == "__main__":
+    _early_setup()
 
 import time  # noqa: E402
 

@@ -99,3 +99,46 @@ def test_spawn_exec_starts_every_child_with_exec(start_server):
     assert all(execd(pid) for pid in roles)
     with Conn(srv.address) as c:
         assert c.admin("version").startswith("OK")
+
+
+def test_the_supervisor_outlives_the_process_that_started_it(tmp_path):
+    """`nohup shardgear &` from a shell that then exits: the supervisor imports child.py to fork
+    its children, and must not take the children's PR_SET_PDEATHSIG for itself (it did: the
+    shell's exit sent it SIGTERM)."""
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    pidfile = tmp_path / "pid"
+    # The launcher starts the server, waits until it answers, and exits: the server's parent dies.
+    launcher = (
+        "import subprocess, sys, time\n"
+        "from tests.gearclient import Conn, wait_for\n"
+        f"p = subprocess.Popen([sys.executable, '-m', 'shardgear', '--listen', '127.0.0.1', "
+        f"'--port', '{port}', '--state-dir', {str(tmp_path)!r}], stderr=subprocess.DEVNULL)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "def up():\n"
+        "    try:\n"
+        f"        with Conn('127.0.0.1:{port}') as c:\n"
+        "            return c.admin('version')\n"
+        "    except OSError:\n"
+        "        return None\n"
+        "wait_for(up, what='the server')\n"
+    )
+    subprocess.run([sys.executable, "-c", launcher], check=True, timeout=60)
+    pid = int(pidfile.read_text())
+    try:
+        time.sleep(0.5)  # a parent-death SIGTERM would be handled by now
+        with Conn(f"127.0.0.1:{port}") as c:
+            assert c.admin("version")
+        assert Path(f"/proc/{pid}").exists()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
