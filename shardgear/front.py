@@ -40,12 +40,12 @@ from zlib import crc32
 
 import orjson
 
-from shardgear import front_lease, front_workers, grab, logs, messages, routing
+from shardgear import front_large, front_lease, front_workers, grab, logs, messages, routing
 from shardgear.access import SUBMIT
 from shardgear.admin_commands import AdminCommands
 from shardgear.config import Config
 from shardgear.connection import CLOSED, DRAINING, E_DATA, E_SEQ, E_SHARD, Conn
-from shardgear.front_recovery import RECENT_RESULT_BYTES, ShardRestarts
+from shardgear.front_recovery import ShardRestarts
 from shardgear.front_security import FrontSecurity
 from shardgear.gather import Gathers
 from shardgear.instance import Instance
@@ -72,7 +72,7 @@ from shardgear.proto.parser import (
 )
 from shardgear.replies import Replies
 from shardgear.shm import layout
-from shardgear.shm.channel import Piece, Receiver, Sender, head_bytes
+from shardgear.shm.channel import Receiver, Sender
 from shardgear.shm.doorbell import announce_sleep, awake, fence
 from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
@@ -227,7 +227,7 @@ class Front(Replies):
             self.packet_handlers.get(t, self.on_unknown) for t in range(MAX_PACKET_TYPE + 3)
         ]
         self.handler_table[ADMIN_LINE_TYPE] = self.on_admin_line
-        self.handler_table[LARGE_PACKET_TYPE] = self.on_large
+        self.handler_table[LARGE_PACKET_TYPE] = partial(front_large.on_large, self)
         self.handler_table[RESPONSE_MAGIC_TYPE] = self.on_response_magic
         self.accept_log = LogLimiter(log)
         self.unread = UnreadCap(config.total_output_limit)
@@ -698,7 +698,7 @@ class Front(Replies):
     def control_message(self, s: int, op: int, extra: int, conn_id: int, m: bytes) -> None:
         """A message from shard `s` off the data path (anything but OP_REPLY and OP_SEND)."""
         if op == messages.OP_LARGE:
-            self.large_from_shard(s, self.receivers[s].take_large())
+            front_large.from_shard(self, s, self.receivers[s].take_large())
             return
         conn = self.by_id.get(conn_id)
         if op == messages.OP_WAKE:
@@ -728,43 +728,6 @@ class Front(Replies):
         elif op == messages.OP_PONG:
             self.restarts.fail_lost_requests(s, extra)
 
-    def large_from_shard(self, s: int, fragments: list[bytes]) -> None:
-        """A message from shard `s` that came in fragments (a big JOB_ASSIGN or result): its
-        packet goes to the socket as the fragments themselves, never joined; anything off that
-        path is joined and taken as drain_shards takes a message."""
-        op, _arg, extra, conn_id = HEADER.unpack_from(fragments[0])
-        conn = self.by_id.get(conn_id)
-        if op != _OP_REPLY and op != _OP_SEND:
-            self.control_message(s, op, extra, conn_id, b"".join(fragments))
-            return
-        if conn is None:
-            return
-        pending = conn.pending
-        if (op == _OP_SEND and not pending) or (
-            op == _OP_REPLY and pending and pending[0][E_SEQ] == extra and pending[0][E_SHARD] == s
-        ):
-            if op == _OP_REPLY:
-                pending.popleft()
-            out = conn.out
-            if len(fragments[0]) > HEADER.size:
-                out.append(memoryview(fragments[0])[HEADER.size :])
-            for fragment in fragments[1:]:
-                out.append(fragment)
-            conn.out_bytes += sum(map(len, fragments)) - HEADER.size
-            if conn.out_bytes > self.output_limit:
-                self.overflowed(conn)
-                return
-            if not conn.want_write:
-                self.writers.add(conn)
-            if pending and pending[0][E_DATA] is not None:
-                self.release(conn)
-            return
-        data = b"".join(fragments)[HEADER.size :]
-        if op == _OP_REPLY:
-            self.fill(conn, s, extra, data)
-        else:
-            pending.append([-1, -1, 0, 0, data])
-
     def relay_exception(self, conn: Conn, body: bytes) -> None:
         if conn.exceptions:
             self.reply(conn, response(P.WORK_EXCEPTION, body))
@@ -786,47 +749,6 @@ class Front(Replies):
         conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None])
         conn.shards_used |= 1 << shard
         self.outbox[shard].append(_pack_header(_OP_PACKET, ptype, seq, conn.id) + body)
-
-    def forward_parts(self, shard: int, parts: list[Piece]) -> None:
-        """Send a message in parts (a header and a large body as it arrived), never joined, after
-        this turn's messages to the same shard."""
-        sender = self.senders[shard]
-        box = self.outbox[shard]
-        if box:
-            self.outbox[shard] = []
-            sender.send_many(box)
-        sender.send_parts(parts)
-
-    def on_large(self, conn: Conn, _large: int, frame: tuple[int, list[Piece]]) -> None:
-        """A packet with a large body (`Parser` ``large_pieces``): a submission or a work result
-        goes to its shard as the pieces it arrived in (as dispatch would send it whole); any
-        other packet is joined and handled as usual."""
-        ptype, pieces = frame
-        kind = _KIND[ptype]
-        if kind != _K_OTHER:
-            head = head_bytes(pieces, 4096)
-            end = head.find(b"\0")
-            if end >= 0 and kind == _K_SUBMIT and conn.rights is None:
-                shard = routing.shard_for(head[:end], self.shards)
-                conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
-                conn.pending.append([seq, shard, ptype, self.shard_epochs[shard], None])
-                conn.shards_used |= 1 << shard
-                self.forward_parts(shard, [_pack_header(_OP_PACKET, ptype, seq, conn.id), *pieces])
-                return
-            if end >= 0 and kind == _K_WORK:
-                found = routing.shard_for_handle(head[:end], self.shards)
-                if found is not None:
-                    conn.shards_used |= 1 << found
-                    header = _pack_header(_OP_PACKET, ptype, 0, conn.id)
-                    if ptype in _INLINE_RESULTS and sum(map(len, pieces)) <= RECENT_RESULT_BYTES:
-                        # kept for a restarted shard, as dispatch does (none bigger is kept)
-                        body = b"".join(pieces)
-                        self.outbox[found].append(header + body)
-                        self.restarts.results.remember(found, conn.id, ptype, body)
-                    else:
-                        self.forward_parts(found, [header, *pieces])
-                    return
-        self.handler_table[ptype](conn, ptype, b"".join(pieces))
 
     def count_close(self) -> None:
         """A connection was refused or closed as too slow (the metrics' protocol closes)."""

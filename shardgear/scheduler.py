@@ -81,7 +81,7 @@ from collections.abc import Callable, Iterable, MutableSequence
 from itertools import islice
 from typing import Final, cast
 
-from . import attempts, lease, retries, routing, shard_admin, timers
+from . import abilities, attempts, lease, retries, routing, shard_admin, timers
 from .jobs import (
     FUTURE,
     GONE,
@@ -302,7 +302,7 @@ class Scheduler:
         elif ptype in _SUBMITS:
             self._submit(conn, ptype, body, now)
         elif ptype == PRE_SLEEP:
-            self._pre_sleep(conn, ptype, body, now)
+            abilities.pre_sleep(self, conn, ptype, body, now)
         elif ptype in (WORK_DATA, WORK_WARNING):
             self._work_data(conn, ptype, body, now)
         elif ptype == WORK_STATUS:
@@ -310,11 +310,11 @@ class Scheduler:
         elif ptype == WORK_FAIL:
             self._work_fail(conn, ptype, body, now)
         elif ptype in (CAN_DO, CAN_DO_TIMEOUT):
-            self._can_do(conn, ptype, body, now)
+            abilities.can_do(self, conn, ptype, body, now)
         elif ptype == CANT_DO:
-            self._cant_do(conn, ptype, body, now)
+            abilities.cant_do(self, conn, ptype, body, now)
         elif ptype == RESET_ABILITIES:
-            self._reset_abilities(conn, ptype, body, now)
+            abilities.reset_abilities(self, conn, ptype, body, now)
         elif ptype == SUBMIT_JOB_EPOCH:
             self._submit_epoch(conn, ptype, body, now)
         elif ptype in (SUBMIT_REDUCE_JOB, SUBMIT_REDUCE_JOB_BACKGROUND):
@@ -328,7 +328,7 @@ class Scheduler:
         elif ptype in (SET_CLIENT_ID, OPTION_REQ):
             self._front_only(conn, ptype, body, now)
         elif ptype == REVOKE_ABILITY:
-            self._revoke_ability(conn, ptype, body, now)
+            abilities.revoke_ability(self, conn, ptype, body, now)
         elif ptype == LEASE_RETURN:
             lease.returned(self, conn, body)
         elif 0 < ptype <= MAX_PACKET_TYPE:
@@ -652,66 +652,6 @@ class Scheduler:
 
     # ------------------------------------------------------------------ workers
 
-    def _can_do(self, conn: int, ptype: int, body: bytes, now: float) -> None:
-        timeout = 0
-        name = body
-        if ptype == CAN_DO_TIMEOUT:
-            name, _, t = body.partition(b"\0")
-            tv = strtoll(t)
-            if tv is None or len(t) > 20:
-                self._close(conn)
-                return
-            timeout = tv
-        f = self._functions.get(name)
-        if f is None:
-            refused = self._limits.refuse_function(name, len(self._functions))
-            if refused is not None:
-                self._send(conn, refused)
-                return
-            f = self._function(name)
-        w = self._workers.get(conn)
-        if w is None:
-            w = self._workers[conn] = Worker(conn)
-        if f not in w.funcs:
-            f.workers[conn] = w
-            if w.sleeping and not w.woken:
-                f.sleepers[w] = None
-        w.funcs[f] = timeout
-
-    def _cant_do(self, conn: int, ptype: int, body: bytes, now: float) -> None:
-        w = self._workers.get(conn)
-        f = self._functions.get(body)
-        if w is None or f is None or f not in w.funcs:
-            return
-        del w.funcs[f]
-        del f.workers[conn]
-        f.sleepers.pop(w, None)
-        self._maybe_forget_worker(w)
-
-    def _revoke_ability(self, conn: int, ptype: int, body: bytes, now: float) -> None:
-        """The front withdrew the worker's right to run function `body` (access rules reloaded):
-        CANT_DO, and unlike the worker's own CANT_DO the jobs of it that the worker holds go
-        back to their queue, so a result it sends later is refused (JOB_NOT_FOUND)."""
-        w = self._workers.get(conn)
-        f = self._functions.get(body)
-        if w is None or f is None:
-            return
-        for job in [j for j in w.jobs if j.fn is f]:
-            self._requeue(job, now)
-        self._cant_do(conn, CANT_DO, body, now)
-        if self._workers.get(conn) is w:
-            self._maybe_forget_worker(w)
-
-    def _reset_abilities(self, conn: int, ptype: int, body: bytes, now: float) -> None:
-        w = self._workers.get(conn)
-        if w is None:
-            return
-        for f in w.funcs:
-            del f.workers[conn]
-            f.sleepers.pop(w, None)
-        w.funcs.clear()
-        self._maybe_forget_worker(w)
-
     def _maybe_forget_worker(self, w: Worker) -> None:
         if not w.funcs and not w.jobs and w.lease is None:
             if w.recovered:
@@ -721,26 +661,6 @@ class Scheduler:
             w.timer_at = None
             w.timer_job = None
             del self._workers[w.conn]
-
-    def _pre_sleep(self, conn: int, ptype: int, body: bytes, now: float) -> None:
-        w = self._workers.get(conn)
-        if w is None:
-            return
-        w.timer_at = None
-        w.timer_job = None
-        w.sleeping = True
-        for f in w.funcs:
-            if f.nready:
-                w.woken = True
-                for g in w.funcs:
-                    g.sleepers.pop(w, None)
-                self._emit(OP_WAKE, conn, b"")
-                return
-        w.woken = False
-        for f in w.funcs:
-            f.sleepers[w] = None
-        if self._nleased:
-            lease.starved(self, w)
 
     def _grab(self, conn: int, ptype: int, body: bytes, now: float) -> None:
         w = self._workers.get(conn)
