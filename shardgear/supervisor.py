@@ -419,6 +419,11 @@ class Supervisor:
             child.proc = None
             if self.stopping:
                 continue
+            if self.graceful_deadline is not None:
+                # a stop signal to the whole process group (`timeout`, `kill -TERM -PGID`) also
+                # stopped the children: restarting them would only delay the stop
+                log.info("%s (pid %d) exited during the stop", child.name, proc.pid)
+                continue
             if status < 0:
                 sig = signal.Signals(-status).name
                 level = logging.ERROR if status == -signal.SIGKILL else logging.WARNING

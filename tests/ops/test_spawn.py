@@ -142,3 +142,50 @@ def test_the_supervisor_outlives_the_process_that_started_it(tmp_path):
             except ProcessLookupError:
                 break
             time.sleep(0.05)
+
+
+def test_a_stop_signal_to_the_whole_process_group_restarts_nothing(tmp_path):
+    """`timeout shardgear` or `kill -TERM -PGID` signals the supervisor and its children at once:
+    the children's exits during the graceful stop are not restarts, and the server stops."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    log_path = tmp_path / "log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "shardgear",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--state-dir",
+                str(tmp_path),
+                "--log-level",
+                "info",
+            ],
+            stderr=log_file,
+            start_new_session=True,  # its own process group: the signal reaches only the server
+        )
+        try:
+
+            def up() -> str | None:
+                try:
+                    with Conn(f"127.0.0.1:{port}") as c:
+                        return c.admin("version")
+                except OSError:
+                    return None
+
+            wait_for(up, what="the server")
+            wait_for(lambda: "ready" in log_path.read_text(), what="ready in the log")
+            os.killpg(proc.pid, signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log_path.read_text()
+    assert "restarted" not in text and "exited with status" not in text, text
