@@ -71,6 +71,7 @@ class Conn:
         "noop_sent",
         "out",
         "out_bytes",
+        "parked",
         "parser",
         "pending",
         "rights",
@@ -124,3 +125,4 @@ class Conn:
         self.lease_handle = b""
         self.lease_func = b""
         self.lease_wait = False  # GRAB_LEASED sent to lease_shard, whose OP_LEASE is to come
+        self.parked: list[Any] | None = None  # slot of a GRAB waiting for that OP_LEASE

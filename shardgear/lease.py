@@ -163,6 +163,9 @@ def answer(sched: Scheduler, w: Worker, ptype: int, leasable: bool, now: float) 
     (then the lease goes back and the caller answers it from the queue): True if answered."""
     job = w.lease
     assert job is not None
+    if job.fn not in w.funcs:  # the worker sent CANT_DO (or RESET_ABILITIES) of it meanwhile
+        release(sched, w)
+        return False
     p = job.priority
     for f in w.funcs:
         r = f.ready
