@@ -59,6 +59,8 @@ from shardgear.proto.packets import (
     MAX_PACKET_TYPE,
     NO_JOB_PACKET,
     NOOP_PACKET,
+    SUBMIT_TYPES,
+    WORK_TYPES,
     PacketType,
     error_packet,
     response,
@@ -114,23 +116,7 @@ for _t in (13, 25, 28, 29):  # WORK_COMPLETE, _EXCEPTION, _DATA, _WARNING (not F
     _KIND[_t] = _K_WORK
 
 P = PacketType
-SUBMIT_TYPES = frozenset(
-    {
-        P.SUBMIT_JOB,
-        P.SUBMIT_JOB_BG,
-        P.SUBMIT_JOB_HIGH,
-        P.SUBMIT_JOB_HIGH_BG,
-        P.SUBMIT_JOB_LOW,
-        P.SUBMIT_JOB_LOW_BG,
-        P.SUBMIT_JOB_EPOCH,
-        P.SUBMIT_REDUCE_JOB,
-        P.SUBMIT_REDUCE_JOB_BACKGROUND,
-    }
-)
 GRAB_TYPES = frozenset({P.GRAB_JOB, P.GRAB_JOB_UNIQ, P.GRAB_JOB_ALL})
-WORK_TYPES = frozenset(
-    {P.WORK_DATA, P.WORK_WARNING, P.WORK_STATUS, P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION}
-)
 REJECTED = frozenset(
     {5, 6, 8, 10, 11, 17, 19, 20, 24, 27, 31, 40, 42}
 )  # response-type or unimplemented commands

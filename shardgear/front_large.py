@@ -12,7 +12,7 @@ from shardgear import messages, routing
 from shardgear.connection import E_DATA, E_SEQ, E_SHARD, Conn
 from shardgear.front_recovery import RECENT_RESULT_BYTES
 from shardgear.messages import HEADER
-from shardgear.proto.packets import PacketType
+from shardgear.proto.packets import SUBMIT_TYPES, WORK_TYPES, PacketType
 from shardgear.shm.channel import Piece, head_bytes
 
 if TYPE_CHECKING:
@@ -27,22 +27,8 @@ _OP_SEND: Final = messages.OP_SEND
 _pack_header = HEADER.pack
 _K_OTHER, _K_SUBMIT, _K_WORK = range(3)
 # SUBMIT_JOB* but EPOCH (on_submit checks its fields), as Front.dispatch forwards them inline
-_SUBMITS: Final = frozenset(
-    int(t)
-    for t in (
-        P.SUBMIT_JOB,
-        P.SUBMIT_JOB_BG,
-        P.SUBMIT_JOB_HIGH,
-        P.SUBMIT_JOB_HIGH_BG,
-        P.SUBMIT_JOB_LOW,
-        P.SUBMIT_JOB_LOW_BG,
-        P.SUBMIT_REDUCE_JOB,
-        P.SUBMIT_REDUCE_JOB_BACKGROUND,
-    )
-)
-_RESULTS: Final = frozenset(
-    int(t) for t in (P.WORK_COMPLETE, P.WORK_EXCEPTION, P.WORK_DATA, P.WORK_WARNING)
-)
+_SUBMITS: Final = SUBMIT_TYPES - {int(P.SUBMIT_JOB_EPOCH)}
+_RESULTS: Final = WORK_TYPES - {int(P.WORK_FAIL), int(P.WORK_STATUS)}
 _INLINE_RESULTS: Final = frozenset({int(P.WORK_COMPLETE), int(P.WORK_EXCEPTION)})
 
 

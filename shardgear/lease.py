@@ -208,19 +208,7 @@ def release(sched: Scheduler, w: Worker) -> None:
             sched._unstore(job)
         sched._forget(job)
         return
-    f = job.fn
-    p = job.priority
-    job.state = QUEUED
-    f.queues[p].appendleft(job)
-    f.ready[p] += 1
-    f.nready += 1
-    b = sched._board
-    if b is not None:
-        b[f.bidx + p] += 1
-    if f.sleepers:
-        sched._wake(f)
-    if p < 2 and (sched._leased[2] or (p == 0 and sched._leased[1])):
-        outranked(sched, f, p)
+    sched._enqueue(job, head=True)
 
 
 def recall(sched: Scheduler, job: Job) -> None:

@@ -591,12 +591,16 @@ class Scheduler:
 
     # ------------------------------------------------------------------ queues
 
-    def _enqueue(self, job: Job) -> None:
-        """Append a job at the tail of its queue and wake sleepers."""
+    def _enqueue(self, job: Job, head: bool = False) -> None:
+        """Put a job in its queue, at the tail (at the `head` for a lease given back, which was
+        taken from there: FIFO order holds), and wake sleepers."""
         f = job.fn
         p = job.priority
         job.state = QUEUED
-        f.queues[p].append(job)
+        if head:
+            f.queues[p].appendleft(job)
+        else:
+            f.queues[p].append(job)
         f.ready[p] += 1
         f.nready += 1
         b = self._board

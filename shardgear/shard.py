@@ -45,7 +45,7 @@ from shardgear.joblog import JobLog, read_log
 from shardgear.limits import FunctionLimits
 from shardgear.live_config import SettingsReader
 from shardgear.messages import HEADER, LEASABLE
-from shardgear.proto.packets import NO_JOB_PACKET, PacketType
+from shardgear.proto.packets import NO_JOB_PACKET, SUBMIT_TYPES, PacketType
 from shardgear.retries import RetryPolicy
 from shardgear.scheduler import ERR_STORE, Scheduler
 from shardgear.shm import layout
@@ -62,21 +62,7 @@ P = PacketType
 GRAB_TYPES: frozenset[int] = frozenset(
     int(t) | flag for t in (P.GRAB_JOB, P.GRAB_JOB_UNIQ, P.GRAB_JOB_ALL) for flag in (0, LEASABLE)
 )
-REPLY_TYPES: frozenset[int] = GRAB_TYPES | {
-    int(t)
-    for t in (
-        P.SUBMIT_JOB,
-        P.SUBMIT_JOB_BG,
-        P.SUBMIT_JOB_HIGH,
-        P.SUBMIT_JOB_HIGH_BG,
-        P.SUBMIT_JOB_LOW,
-        P.SUBMIT_JOB_LOW_BG,
-        P.SUBMIT_JOB_EPOCH,
-        P.SUBMIT_REDUCE_JOB,
-        P.SUBMIT_REDUCE_JOB_BACKGROUND,
-        P.GET_STATUS,
-    )
-}
+REPLY_TYPES: frozenset[int] = GRAB_TYPES | SUBMIT_TYPES | {int(P.GET_STATUS)}
 SUBMIT_JOB_SCHED = int(P.SUBMIT_JOB_SCHED)
 RESULT_TYPES = frozenset({P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION})
 _JOB_CREATED = struct.pack("!I", P.JOB_CREATED)

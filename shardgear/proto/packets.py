@@ -121,6 +121,35 @@ REQUEST_TYPES: Final[frozenset[int]] = frozenset(
 )
 """Types a client or worker may send and the server handles (plain ints, for fast lookups)."""
 
+SUBMIT_TYPES: Final[frozenset[int]] = frozenset(
+    int(t)
+    for t in (
+        PacketType.SUBMIT_JOB,
+        PacketType.SUBMIT_JOB_BG,
+        PacketType.SUBMIT_JOB_HIGH,
+        PacketType.SUBMIT_JOB_HIGH_BG,
+        PacketType.SUBMIT_JOB_LOW,
+        PacketType.SUBMIT_JOB_LOW_BG,
+        PacketType.SUBMIT_JOB_EPOCH,
+        PacketType.SUBMIT_REDUCE_JOB,
+        PacketType.SUBMIT_REDUCE_JOB_BACKGROUND,
+    )
+)
+"""The requests that submit a job (SUBMIT_JOB_SCHED, which makes a schedule, is not one)."""
+
+WORK_TYPES: Final[frozenset[int]] = frozenset(
+    int(t)
+    for t in (
+        PacketType.WORK_DATA,
+        PacketType.WORK_WARNING,
+        PacketType.WORK_STATUS,
+        PacketType.WORK_COMPLETE,
+        PacketType.WORK_FAIL,
+        PacketType.WORK_EXCEPTION,
+    )
+)
+"""A worker's WORK_* packets about a job it holds."""
+
 REJECTED_TYPES: Final[frozenset[int]] = frozenset(int(t) for t in PacketType) - REQUEST_TYPES
 """Valid types the server answers with ERROR INVALID_COMMAND "Command not expected" (spec 1.2):
 the response types plus UNUSED, ALL_YOURS and SUBMIT_JOB_SCHED. The connection stays open."""
