@@ -34,7 +34,7 @@ def can_do(sched: Scheduler, conn: int, ptype: int, body: bytes, now: float) -> 
         timeout = tv
     f = sched._functions.get(name)
     if f is None:
-        refused = sched._limits.refuse_function(name, len(sched._functions))
+        refused = sched.refuse_function(name)
         if refused is not None:
             sched._send(conn, refused)
             return

@@ -481,7 +481,7 @@ class Scheduler:
             return
         f = self._functions.get(name)
         if f is None:
-            refused = self._limits.refuse_function(name, len(self._functions))
+            refused = self.refuse_function(name)
             if refused is not None:
                 self._send(conn, refused)
                 return
@@ -579,6 +579,15 @@ class Scheduler:
         n = self._next_n
         self._next_n = n + self.shard_count
         return self._prefix + b"%d" % n
+
+    def refuse_function(self, name: bytes) -> bytes | None:
+        """`FunctionLimits.refuse_function` for a new function `name`; a shard at its share of
+        ``--max-functions`` first forgets the functions with no job and no worker (as ``drop
+        function`` would), so that names a client made up once do not fill it for good."""
+        limits = self._limits
+        if limits.max_functions and len(self._functions) >= limits.max_functions:
+            shard_admin.forget_idle_functions(self)
+        return limits.refuse_function(name, len(self._functions))
 
     def _function(self, name: bytes) -> Function:
         f = self._functions.get(name)

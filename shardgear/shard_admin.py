@@ -206,6 +206,20 @@ def create_function(sched: Scheduler, func: bytes) -> None:
     sched._function(func)
 
 
+def forget_idle_functions(sched: Scheduler) -> int:
+    """Forget every function with no worker, no job (queued, scheduled, leased or running) and
+    no maxqueue limit of its own: what ``drop function`` would let go. Returns how many. The
+    per-function settings of the config file come back with a function made again."""
+    idle = [
+        f
+        for f in sched.functions()
+        if not f.workers and not f.total and not (f.maxq[0] or f.maxq[1] or f.maxq[2])
+    ]
+    for f in idle:
+        del sched._functions[f.name]
+    return len(idle)
+
+
 def drop_function(sched: Scheduler, func: bytes) -> str:
     """``drop function`` (name matched case-insensitively, as gearmand): "ok", "busy" while
     workers are registered or the function has jobs (queued, scheduled or running), "missing".

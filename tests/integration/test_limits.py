@@ -89,6 +89,34 @@ def test_number_of_functions(
     assert "refusing function" in srv.stderr_text()
 
 
+def test_names_made_up_once_do_not_fill_the_functions_for_good(
+    start_server: Callable[..., Server], make_name: Callable[..., bytes]
+) -> None:
+    """A client that registers made-up names and leaves must not keep every later function out
+    (a breaker did it with 100,010 CAN_DOs): at the limit, a shard forgets the functions that
+    have no worker and no job, and keeps those that do."""
+    # one front: the squatter's DISCONNECT reaches the shard before the later requests
+    srv = start_server("--fronts", "1", "--shards", "1", "--max-functions", "5")
+    busy = make_name()
+    with g.Conn(srv.address) as client:
+        g.submit(client, busy, b"queued", bg=True)  # a function with a job: never forgotten
+        with g.Conn(srv.address) as squatter:
+            for i in range(10):  # 4 fit, the shard refuses the rest
+                squatter.send(g.CAN_DO, b"junk%06d" % i)
+            g.wait_for(lambda: g.status_of(srv.address, b"junk000000") == [0, 0, 1])
+        g.wait_for(lambda: g.status_of(srv.address, b"junk000000") == [0, 0, 0])  # it left
+        with g.Conn(srv.address) as worker:
+            worker.send(g.CAN_DO, b"held")  # a function with a worker: never forgotten
+            g.wait_for(lambda: g.status_of(srv.address, b"held") == [0, 0, 1])
+            for _ in range(3):  # the squatter's names are idle: new functions get in
+                g.submit(client, make_name(), b"x", bg=True)
+            assert g.status_of(srv.address, busy) == [1, 0, 0]
+            assert g.status_of(srv.address, b"held") == [0, 0, 1]
+            client.send(g.SUBMIT_JOB_BG, make_name(), b"", b"x")  # the 6th is refused
+            code, text = client.expect(g.ERROR)
+            assert code == b"QUEUE_ERROR" and b"Too many functions" in text
+
+
 def test_queued_bytes_per_function(start_server: Callable[..., Server], func_name: bytes) -> None:
     srv = start_server("--max-queued-bytes", "1000")
     with g.Conn(srv.address) as client, g.Conn(srv.address) as worker:

@@ -126,22 +126,34 @@ def test_the_supervisor_outlives_the_process_that_started_it(tmp_path):
         "        return None\n"
         "wait_for(up, what='the server')\n"
     )
-    subprocess.run([sys.executable, "-c", launcher], check=True, timeout=60)
-    pid = int(pidfile.read_text())
     try:
+        subprocess.run([sys.executable, "-c", launcher], check=True, timeout=60)
+        pid = int(pidfile.read_text())
         time.sleep(0.5)  # a parent-death SIGTERM would be handled by now
         with Conn(f"127.0.0.1:{port}") as c:
             assert c.admin("version")
         assert Path(f"/proc/{pid}").exists()
     finally:
+        # however the launcher ended, the server it started is ours to stop
+        if pidfile.exists():
+            _stop_orphan(int(pidfile.read_text()))
+
+
+def _stop_orphan(pid: int) -> None:
+    """SIGTERM a server we started whose parent is gone (no wait(): look until it is gone)."""
+    import time
+
+    try:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def test_a_stop_signal_to_the_whole_process_group_restarts_nothing(tmp_path):
