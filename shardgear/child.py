@@ -1,12 +1,13 @@
 """Entry point of a front or shard process, started by the supervisor.
 
-``python -m shardgear.child ROLE INDEX SUPERVISOR_PID DOORBELLS CONFIG_JSON``
+``SHARDGEAR_CHILD_CONFIG=JSON python -m shardgear.child ROLE INDEX SUPERVISOR_PID DOORBELLS``
 
 DOORBELLS is a comma-separated list of inherited eventfd numbers: the fronts' first, then the
-shards'. Exit status EXIT_BOOT_ERROR tells the supervisor that restarting would not help; an
-uncaught exception is logged as one record and exits with EXIT_CRASH. With the environment variable
-SHARDGEAR_PROFILE=DIR each child runs under cProfile and writes its stats to DIR when it stops (for
-profiling; see BENCHMARKS.md).
+shards'. The config travels in the environment (CONFIG_ENV), which only our user can read, not
+on the command line, which ``ps`` shows everyone. Exit status EXIT_BOOT_ERROR tells the
+supervisor that restarting would not help; an uncaught exception is logged as one record and
+exits with EXIT_CRASH. With the environment variable SHARDGEAR_PROFILE=DIR each child runs under
+cProfile and writes its stats to DIR when it stops (for profiling; see BENCHMARKS.md).
 
 A child never outlives its supervisor: the kernel sends it SIGTERM when the supervisor dies
 (PR_SET_PDEATHSIG, Linux), and a child whose parent is already not the supervisor when it starts
@@ -76,6 +77,7 @@ from shardgear.config import Config  # noqa: E402
 from shardgear.instance import Instance  # noqa: E402
 
 EXIT_BOOT_ERROR = 3
+CONFIG_ENV = "SHARDGEAR_CHILD_CONFIG"  # the supervisor's Config as JSON, for an exec'd child
 EXIT_CRASH = 1
 SHARD_WAIT_POLL = 0.002  # seconds between looks at the shards' states while a front waits
 
@@ -101,11 +103,11 @@ def wait_for_shards(control: memoryview, instance: Instance, supervisor: int) ->
 
 def main(argv: list[str]) -> int:
     """Run one child process (``python -m shardgear.child`` ARGV); return its exit status."""
-    role, index_text, sup_text, bells_text, config_json = argv
+    role, index_text, sup_text, bells_text = argv
     supervisor = int(sup_text)
     if os.getppid() != supervisor:
         return 0  # the supervisor died before PR_SET_PDEATHSIG took effect
-    config = Config.from_json_dict(orjson.loads(config_json))
+    config = Config.from_json_dict(orjson.loads(os.environ.pop(CONFIG_ENV)))
     doorbells = [int(x) for x in bells_text.split(",")]
     return run(role, int(index_text), supervisor, doorbells, config)
 

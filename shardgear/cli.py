@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     setting(
         "--max-packet-size",
         metavar="BYTES",
-        help="largest packet accepted; a bigger one closes the connection (default: 256M)",
+        help="largest packet accepted, at most 4294967295; a bigger one is answered with "
+        "ERROR ARGUMENT_TOO_LARGE and the connection is closed (default: 256M)",
     )
     setting(
         "--max-output-buffer",

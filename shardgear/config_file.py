@@ -111,8 +111,9 @@ def int_range(low: int, high: int | None = None) -> Callable[[Any], int]:
 _UNITS: Final = {"k": 1024, "m": MIB, "g": 1024 * MIB}
 
 
-def size(minimum: int = 1) -> Callable[[Any], int]:
-    """A byte count: an integer, or a string with an optional K, M or G suffix (powers of 1024)."""
+def size(minimum: int = 1, maximum: int | None = None) -> Callable[[Any], int]:
+    """A byte count: an integer, or a string with an optional K, M or G suffix (powers of 1024),
+    from `minimum` to `maximum` (None: no bound)."""
 
     def parse(value: Any) -> int:
         if isinstance(value, bool):
@@ -133,6 +134,8 @@ def size(minimum: int = 1) -> Callable[[Any], int]:
         if n < minimum:
             shown = f"{minimum // 1024}K" if minimum >= 1024 else str(minimum)
             raise ValueError(f"must be at least {shown}, got {value!r}")
+        if maximum is not None and n > maximum:
+            raise ValueError(f"must be at most {maximum}, got {value!r}")
         return n
 
     return parse
@@ -247,7 +250,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("job-handle-prefix", "job_handle_prefix", handle_prefix),
     Setting("worker-wakeup", "worker_wakeup", int_range(0), reload=True),
     Setting("grab-lease", "grab_lease", boolean, reload=True),
-    Setting("max-packet-size", "max_packet_size", size(), reload=True),
+    # a packet's size field is a u32 (gearman-protocol.md): 4294967295 is gearmand's limit too
+    Setting("max-packet-size", "max_packet_size", size(maximum=0xFFFFFFFF), reload=True),
     Setting("max-output-buffer", "max_output_buffer", size(), reload=True),
     Setting("max-total-output", "max_total_output", size(), reload=True),
     Setting("ring-size", "ring_size", size(64 * 1024)),

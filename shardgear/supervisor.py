@@ -57,7 +57,7 @@ import orjson
 
 from shardgear import __version__, build_info, logs, stats
 from shardgear import child as child_main
-from shardgear.child import EXIT_BOOT_ERROR
+from shardgear.child import CONFIG_ENV, EXIT_BOOT_ERROR
 from shardgear.config import Config
 from shardgear.config_file import ConfigError, reload_changes
 from shardgear.instance import Instance, prefix_for_port
@@ -394,8 +394,10 @@ class Supervisor:
             str(child.index),
             str(self.instance.supervisor_pid),
             ",".join(map(str, self.doorbells)),
-            orjson.dumps(self.config.to_json_dict()).decode(),
         ]
+        # the config in the environment, not the command line: /proc/PID/cmdline (ps) is for
+        # everyone, /proc/PID/environ for our user only (TLS key paths, the access rules)
+        env = dict(env, **{CONFIG_ENV: orjson.dumps(self.config.to_json_dict()).decode()})
         # SIGHUP stays blocked (pending, not lost) across the spawn: the child inherits the mask
         # and unblocks it once it ignores SIGHUP, so a HUP to the whole group (systemctl kill)
         # cannot kill a child that is still starting.
@@ -405,7 +407,7 @@ class Supervisor:
                 cmd,
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
-                env=dict(os.environ, **env) if env else None,
+                env=dict(os.environ, **env),
             )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -60,6 +60,7 @@ def test_flags_are_parsed() -> None:
         ["--port", "70000"],
         ["--bogus"],
         ["--max-packet-size", "lots"],
+        ["--max-packet-size", "4294967296"],  # past the u32 size field of a packet
         ["--log-level", "loud"],
         ["--job-retries", "-1"],
     ],

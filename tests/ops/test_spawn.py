@@ -61,6 +61,8 @@ def test_forked_at_start_execd_on_restart_and_all_end_with_the_supervisor(start_
 
     again = wait_for(new_front0, what="front 0 to be restarted")
     assert execd(again)
+    # its config is in its environment, which only our user reads, not on its command line
+    assert not any(b"{" in a for a in argv(again)), argv(again)
     wait_for_log(srv, "restarted front 0 as pid")
     for _ in range(4):  # whichever front the kernel picks: both serve
         with Conn(srv.address) as c:
