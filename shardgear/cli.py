@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         "are closed (default: twice the per-connection limit)",
     )
     setting(
+        "--max-total-input",
+        metavar="BYTES",
+        help="bytes of unfinished requests all connections of one front may hold before those "
+        "holding the most are closed (default: twice the max packet size)",
+    )
+    setting(
         "--ring-size",
         metavar="BYTES",
         help="size of each front<->shard shared-memory ring (default: 1M)",

@@ -129,6 +129,7 @@ class Config:
     max_packet_size: int = 256 * MIB
     max_output_buffer: int = 0  # per connection; 0 = max_packet_size + 16 MiB
     max_total_output: int = 0  # per front, all connections; 0 = twice the per-connection limit
+    max_total_input: int = 0  # per front, unfinished requests; 0 = twice max_packet_size
     ring_size: int = 1 * MIB
     backlog: int = 1024
     graceful_timeout: float = 30.0
@@ -192,6 +193,12 @@ class Config:
     def output_limit(self) -> int:
         """Bytes a connection may have waiting to be written before it is closed as too slow."""
         return self.max_output_buffer or self.max_packet_size + 16 * MIB
+
+    @property
+    def total_input_limit(self) -> int:
+        """Bytes of unfinished requests all of a front's connections may hold before those holding
+        the most are closed."""
+        return self.max_total_input or 2 * self.max_packet_size
 
     @property
     def total_output_limit(self) -> int:

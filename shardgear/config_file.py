@@ -254,6 +254,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("max-packet-size", "max_packet_size", size(maximum=0xFFFFFFFF), reload=True),
     Setting("max-output-buffer", "max_output_buffer", size(), reload=True),
     Setting("max-total-output", "max_total_output", size(), reload=True),
+    Setting("max-total-input", "max_total_input", size(), reload=True),
     Setting("ring-size", "ring_size", size(64 * 1024)),
     Setting("backlog", "backlog", int_range(1)),
     Setting("store", "store", store_kind),

@@ -80,7 +80,7 @@ from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
 from shardgear.sockets import address_text, listeners
 from shardgear.stats import ChildStats
-from shardgear.unread import UnreadCap
+from shardgear.unread import PartialCap, UnreadCap
 
 if TYPE_CHECKING:  # ssl is imported only when TLS is configured (front_security.py)
     import ssl
@@ -217,6 +217,7 @@ class Front(Replies):
         self.handler_table[RESPONSE_MAGIC_TYPE] = self.on_response_magic
         self.accept_log = LogLimiter(log)
         self.unread = UnreadCap(config.total_output_limit)
+        self.partial = PartialCap(config.total_input_limit)
         self.trimmer = Trimmer()
         self.pending_trimmed = 0  # the rings' overflow at the last trim (flush_shards)
 
@@ -302,6 +303,8 @@ class Front(Replies):
                 self.settle(time.monotonic())
             if self.unread:
                 self.unread.enforce(self.close)
+            if self.partial:
+                self.partial.enforce(self.close)
             if self.trimmer.due:
                 self.trimmer.maybe_trim()
             if any(self.outbox):  # a write that failed closed a connection: tell shards now
@@ -325,6 +328,7 @@ class Front(Replies):
             self.output_limit = self.config.output_limit
             self.grab_lease = self.config.grab_lease
             self.unread.limit = self.config.total_output_limit
+            self.partial.limit = self.config.total_input_limit
             self.security.apply_access(self.config.access)
             control[layout.CTRL_SETTINGS] = generation
 
@@ -488,6 +492,7 @@ class Front(Replies):
             # 32 KiB) has one segment in flight, which the kernel would ACK only after its
             # delayed-ACK timer (~40 ms a segment: 16 MiB took 11 s instead of 0.3 s).
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            self.partial.note(conn)
 
     def dispatch(self, conn: Conn, frames: list[Frame]) -> None:
         """Handle the frames of one read. The data path (SUBMIT_JOB*, WORK_*) is inlined here,

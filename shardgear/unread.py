@@ -1,4 +1,5 @@
-"""A front's cap on the output its connections leave unread, all of them together.
+"""A front's caps on what its connections make it hold, all of them together: the output they
+leave unread (`UnreadCap`) and the requests they have begun and not finished (`PartialCap`).
 
 Each connection may leave ``--max-output-buffer`` bytes unread before it is closed as too slow
 (`shardgear.replies.Replies.overflowed`); with many slow readers that alone would let a front hold
@@ -9,6 +10,12 @@ first, with a rate-limited WARNING each, until the rest fit.
 
 Only connections whose socket has filled (the shell's ``write`` left bytes behind, `note`) are
 tracked, so a turn costs nothing while every reader keeps up.
+
+`PartialCap` does the same for input (``--max-total-input``, by default twice
+``--max-packet-size``): a connection may hold one unfinished request of up to
+``--max-packet-size``, and without it many connections that each send most of a large packet and
+then nothing more would hold that much each (a breaker held 500 MiB of a front with six). The
+front notes a connection that is in the middle of a large packet.
 """
 
 from __future__ import annotations
@@ -27,6 +34,17 @@ class UnreadCap:
 
     __slots__ = ("_log", "_slow", "limit")
 
+    KIND = "max-total-output"
+    MESSAGE = (
+        "closing connection from %s: %d bytes unread, %d unread by all connections "
+        "(--max-total-output %d)"
+    )
+
+    @staticmethod
+    def measure(conn: Conn) -> int:
+        """The bytes `conn` makes the front hold (0: forget it)."""
+        return conn.out_bytes if conn.out else 0
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._slow: set[Conn] = set()
@@ -43,32 +61,40 @@ class UnreadCap:
         """Close the connections with the most unread output while the total is over the cap;
         return the total left. Forgets connections that are closed or have caught up."""
         slow = self._slow
+        measure = self.measure
         total = 0
         for conn in list(slow):
-            if conn.closed or not conn.out:
-                slow.discard(conn)
+            held = 0 if conn.closed else measure(conn)
+            if held:
+                total += held
             else:
-                total += conn.out_bytes
+                slow.discard(conn)
         if total <= self.limit:
             return total
-        for conn in sorted(slow, key=_unread, reverse=True):
-            unread = conn.out_bytes
-            self._log.warning(
-                "max-total-output",
-                "closing connection from %s: %d bytes unread, %d unread by all connections "
-                "(--max-total-output %d)",
-                conn.ip,
-                unread,
-                total,
-                self.limit,
-            )
+        for conn in sorted(slow, key=measure, reverse=True):
+            held = measure(conn)
+            self._log.warning(self.KIND, self.MESSAGE, conn.ip, held, total, self.limit)
             slow.discard(conn)
             close(conn)
-            total -= unread
+            total -= held
             if total <= self.limit:
                 break
         return total
 
 
-def _unread(conn: Conn) -> int:
-    return conn.out_bytes
+class PartialCap(UnreadCap):
+    """The connections in the middle of a large request, and the cap on the sum of what they
+    have sent of it (their parsers' buffered bytes)."""
+
+    __slots__ = ()
+
+    KIND = "max-total-input"
+    MESSAGE = (
+        "closing connection from %s: %d bytes of an unfinished request, %d held for all "
+        "connections (--max-total-input %d)"
+    )
+
+    @staticmethod
+    def measure(conn: Conn) -> int:
+        """The bytes of `conn`'s unfinished request (0 once it is complete: forget it)."""
+        return conn.parser.buffered

@@ -184,3 +184,52 @@ def test_the_per_peer_limit_counts_each_address_apart(
             assert other.recv(100).startswith(b"OK ")
         finally:
             other.close()
+
+
+def test_unfinished_requests_of_all_connections_are_capped(
+    start_server: Callable[..., Server], make_name: Callable[..., bytes]
+) -> None:
+    """Connections that each send most of a large packet and then nothing more must not make a
+    front hold that much each (a breaker held 500 MiB of a front with six): past
+    --max-total-input, the ones holding the most are closed, with a WARNING."""
+    import struct
+    import time
+
+    mib = 1024 * 1024
+    srv = start_server("--fronts", "1", "--max-packet-size", "64M", "--max-total-input", "100M")
+    head = b"\0REQ" + struct.pack("!II", g.SUBMIT_JOB_BG, 60 * mib) + make_name() + b"\0\0"
+    socks = []
+    try:
+        for _ in range(3):  # 3 x 40 MiB of unfinished 60 MiB requests: 120 MiB > 100 MiB
+            s = socket.create_connection(_addr(srv.address))
+            socks.append(s)
+            try:
+                s.sendall(head + b"x" * (40 * mib))
+            except OSError:
+                pass  # closed while sending: the cap at work
+        deadline = time.monotonic() + 15
+        while "max-total-input" not in srv.stderr_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "max-total-input" in srv.stderr_text()
+        closed = sum(_closed_by_server(s) for s in socks)
+        assert closed >= 1
+        with g.Conn(srv.address) as c:  # the front still serves
+            assert c.admin("version").startswith("OK")
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _closed_by_server(s: socket.socket) -> bool:
+    s.settimeout(2.0)
+    try:
+        return s.recv(1) == b""
+    except TimeoutError:  # still open: nothing to read
+        return False
+    except OSError:  # reset
+        return True
+
+
+def _addr(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
