@@ -227,6 +227,25 @@ class Function:
         return f"Function({self.name!r})"
 
 
+def best_ready(funcs: dict[Function, int]) -> tuple[Function | None, int]:
+    """The function a GRAB gets a job of, among a worker's `funcs` in their round-robin order:
+    the first with the best priority that has a runnable job (gearmand 2.0), and that priority
+    (0 high, 1 normal, 2 low); (None, 3) if none has one."""
+    best = 3
+    chosen: Function | None = None
+    for f in funcs:
+        if not f.nready:
+            continue
+        r = f.ready
+        p = 0 if r[0] else (1 if r[1] else 2)
+        if p < best:
+            best = p
+            chosen = f
+            if p == 0:
+                break
+    return chosen, best
+
+
 class Worker:
     """A connection that registered functions on this shard (or holds jobs of them)."""
 

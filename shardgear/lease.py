@@ -39,7 +39,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Final
 
-from shardgear.jobs import LEASED, QUEUED, Function, Job, Worker
+from shardgear.jobs import LEASED, QUEUED, Function, Job, Worker, best_ready
 from shardgear.messages import HEADER, OP_LEASE, OP_RECALL
 from shardgear.proto.packets import RES_MAGIC, PacketType
 from shardgear.proto.parser import LARGE_BODY
@@ -94,18 +94,7 @@ def offer(sched: Scheduler, w: Worker, ptype: int) -> None:
     unless it has none or another worker sleeps on that function (it must get the work)."""
     if w.lease is not None or not sched.leasing:
         return
-    best = 3
-    chosen: Function | None = None
-    for f in w.funcs:
-        if not f.nready:
-            continue
-        r = f.ready
-        p = 0 if r[0] else (1 if r[1] else 2)
-        if p < best:
-            best = p
-            chosen = f
-            if p == 0:
-                break
+    chosen, best = best_ready(w.funcs)
     if chosen is None or chosen.sleepers:
         return
     for head in chosen.queues[best]:  # the live head (tombstones are skipped)

@@ -100,6 +100,7 @@ from .jobs import (
     JobMetrics,
     Worker,
     add_client,
+    best_ready,
 )
 from .lease import assign_packet
 from .limits import ERR_QUEUED_BYTES, FunctionLimits
@@ -692,18 +693,7 @@ class Scheduler:
             w.woken = False
         if w.lease is not None and lease.answer(self, w, ptype, leasable, now):
             return  # it crossed the worker's lease, which its front dropped (lease.py)
-        best = 3
-        chosen: Function | None = None
-        for f in funcs:
-            if not f.nready:
-                continue
-            r = f.ready
-            p = 0 if r[0] else (1 if r[1] else 2)
-            if p < best:
-                best = p
-                chosen = f
-                if p == 0:
-                    break
+        chosen, best = best_ready(funcs)
         if chosen is None:
             self._send(conn, _NO_JOB)
             if self._nleased:
@@ -943,13 +933,7 @@ class Scheduler:
         """A held job completed, failed or raised."""
         w = job.worker
         assert w is not None
-        del w.jobs[job]
-        job.worker = None
-        job.fn.running -= 1
-        self._running -= 1
-        if w.timer_job is job:
-            w.timer_at = None
-            w.timer_job = None
+        self._release(job)
         if not w.funcs and not w.jobs:  # a recovered worker that has not registered again
             self._maybe_forget_worker(w)
         if job.stored:
