@@ -141,13 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-packet-size",
         metavar="BYTES",
         help="largest packet accepted, at most 4294967295; a bigger one is answered with "
-        "ERROR ARGUMENT_TOO_LARGE and the connection is closed (default: 256M)",
+        "ERROR ARGUMENT_TOO_LARGE and the connection is closed (default: 4294967295, "
+        "gearmand's)",
     )
     setting(
         "--max-output-buffer",
         metavar="BYTES",
-        help="bytes a connection may leave unread before it is closed "
-        "(default: max packet size + 16M)",
+        help="bytes a connection may leave unread before it is closed, besides the one large "
+        "packet it is being sent (default: 256M)",
     )
     setting(
         "--max-total-output",
@@ -159,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-total-input",
         metavar="BYTES",
         help="bytes of unfinished requests all connections of one front may hold before those "
-        "holding the most are closed (default: twice the max packet size)",
+        "holding the most are closed (default: twice the max packet size, at most 4G, at least "
+        "one max packet)",
     )
     setting(
         "--ring-size",

@@ -16,6 +16,9 @@ from typing import Any
 from shardgear.retries import RetryPolicy
 
 MIB = 1024 * 1024
+GIB = 1024 * MIB
+MAX_PACKET_SIZE = 0xFFFFFFFF
+"""The largest packet body the protocol's u32 size can announce (gearmand's only limit)."""
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "human", "journal")
 CLIENT_CERT_MODES = ("required", "optional", "none")  # --tls-client-cert (tls.py)
@@ -126,10 +129,10 @@ class Config:
     job_handle_prefix: str = dataclasses.field(default_factory=default_handle_prefix)
     worker_wakeup: int = 0  # NOOPs per queued job; 0 = every sleeping worker
     grab_lease: bool = True  # a shard may lease a worker its next job, answered by the front
-    max_packet_size: int = 256 * MIB
-    max_output_buffer: int = 0  # per connection; 0 = max_packet_size + 16 MiB
+    max_packet_size: int = MAX_PACKET_SIZE  # gearmand's: any size the u32 header can say
+    max_output_buffer: int = 0  # per connection, less the large packet being sent; 0 = 256 MiB
     max_total_output: int = 0  # per front, all connections; 0 = twice the per-connection limit
-    max_total_input: int = 0  # per front, unfinished requests; 0 = twice max_packet_size
+    max_total_input: int = 0  # per front, unfinished requests; 0 = see total_input_limit
     ring_size: int = 1 * MIB
     backlog: int = 1024
     graceful_timeout: float = 30.0
@@ -191,14 +194,18 @@ class Config:
 
     @property
     def output_limit(self) -> int:
-        """Bytes a connection may have waiting to be written before it is closed as too slow."""
-        return self.max_output_buffer or self.max_packet_size + 16 * MIB
+        """Bytes a connection may have waiting to be written before it is closed as too slow, not
+        counting what is left of the one large packet it is being sent (`connection.unread`)."""
+        return self.max_output_buffer or 256 * MIB
 
     @property
     def total_input_limit(self) -> int:
         """Bytes of unfinished requests all of a front's connections may hold before those holding
-        the most are closed."""
-        return self.max_total_input or 2 * self.max_packet_size
+        the most are closed: by default twice ``max_packet_size`` but no more than 4 GiB, and
+        never less than one packet of ``max_packet_size``."""
+        if self.max_total_input:
+            return self.max_total_input
+        return max(self.max_packet_size, min(2 * self.max_packet_size, 4 * GIB))
 
     @property
     def total_output_limit(self) -> int:

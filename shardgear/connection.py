@@ -52,6 +52,8 @@ class Conn:
 
     __slots__ = (
         "abilities",
+        "big_end",
+        "big_size",
         "client_id",
         "close_by",
         "closed",
@@ -77,6 +79,7 @@ class Conn:
         "rights",
         "rmask",
         "rr",
+        "sent",
         "seq",
         "shards_used",
         "sleeping",
@@ -103,6 +106,11 @@ class Conn:
         self.rmask = EPOLLIN  # the epoll events wanted besides EPOLLOUT: 0 once input has ended
         self.out: list[bytes | memoryview] = []
         self.out_bytes = 0
+        self.sent = 0  # bytes written to the socket since it opened
+        # the large packet in transit (`unread`): where it ends, counted as `sent` counts, and
+        # its size; big_end <= sent: none
+        self.big_end = 0
+        self.big_size = 0
         self.pending: collections.deque[Pending] = collections.deque()  # see Pending
         self.seq = 0
         # function -> (shard, board base index, CAN_DO_TIMEOUT body or None)
@@ -126,3 +134,29 @@ class Conn:
         self.lease_func = b""
         self.lease_wait = False  # GRAB_LEASED sent to lease_shard, whose OP_LEASE is to come
         self.parked: list[Any] | None = None  # slot of a GRAB waiting for that OP_LEASE
+
+
+LARGE_OUTPUT: Final = 1 << 20
+"""A packet this big, queued for a connection, is one the output caps may leave out (`unread`)."""
+
+
+def unread(conn: Conn) -> int:
+    """The bytes of `conn`'s unread output that the output caps count (``--max-output-buffer``,
+    ``--max-total-output``): all of ``conn.out`` but what is still unsent of the one large packet
+    in transit (`in_transit`).
+
+    A slow reader is closed when its backlog grows, not because one packet it asked for is big:
+    gearmand sends a packet of any size the u32 header can say, so a cap that had to admit one
+    such packet whole would admit 4 GiB of backlog per connection."""
+    left = conn.big_end - conn.sent
+    if left <= 0:
+        return conn.out_bytes
+    return max(0, conn.out_bytes - min(left, conn.big_size))
+
+
+def in_transit(conn: Conn, size: int) -> None:
+    """A packet of `size` bytes (at least `LARGE_OUTPUT`) is about to join ``conn.out``: unless
+    another is still in transit, it becomes the one `unread` leaves out."""
+    if conn.big_end <= conn.sent:
+        conn.big_size = size
+        conn.big_end = conn.sent + conn.out_bytes + size

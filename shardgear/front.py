@@ -555,6 +555,7 @@ class Front(Replies):
             self.close(conn)
             return
         conn.out_bytes -= sent
+        conn.sent += sent
         if sent >= TRIM_ABOVE:  # a large message is leaving: its pieces are let go
             self.trimmer.freed(sent)
         if data is not None and sent == len(data):  # all of a single buffer
@@ -653,8 +654,7 @@ class Front(Replies):
                             data = m[16:]
                             conn.out.append(data)
                             conn.out_bytes += len(data)
-                            if conn.out_bytes > limit:
-                                self.overflowed(conn)
+                            if conn.out_bytes > limit and self.overflowed(conn):
                                 continue
                             if not conn.want_write:
                                 writers.add(conn)
@@ -673,8 +673,8 @@ class Front(Replies):
                             data = m[16:]
                             conn.out.append(data)
                             conn.out_bytes += len(data)
-                            if conn.out_bytes > limit:
-                                self.overflowed(conn)
+                            if conn.out_bytes > limit and self.overflowed(conn):
+                                pass
                             elif not conn.want_write:
                                 writers.add(conn)
                 else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from shardgear import messages, routing
-from shardgear.connection import E_DATA, E_SEQ, E_SHARD, Conn
+from shardgear.connection import E_DATA, E_SEQ, E_SHARD, LARGE_OUTPUT, Conn, in_transit
 from shardgear.front_recovery import RECENT_RESULT_BYTES
 from shardgear.messages import HEADER
 from shardgear.proto.packets import SUBMIT_TYPES, WORK_TYPES, PacketType
@@ -93,13 +93,15 @@ def from_shard(front: Front, s: int, fragments: list[bytes]) -> None:
         if op == _OP_REPLY:
             pending.popleft()
         out = conn.out
+        size = sum(map(len, fragments)) - HEADER.size
+        if size >= LARGE_OUTPUT:
+            in_transit(conn, size)
         if len(fragments[0]) > HEADER.size:
             out.append(memoryview(fragments[0])[HEADER.size :])
         for fragment in fragments[1:]:
             out.append(fragment)
-        conn.out_bytes += sum(map(len, fragments)) - HEADER.size
-        if conn.out_bytes > front.output_limit:
-            front.overflowed(conn)
+        conn.out_bytes += size
+        if conn.out_bytes > front.output_limit and front.overflowed(conn):
             return
         if not conn.want_write:
             front.writers.add(conn)

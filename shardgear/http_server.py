@@ -45,6 +45,11 @@ from shardgear.shm.segment import Segment
 
 log = logging.getLogger("shardgear.http")
 
+HTTP_MAX_BODY = 256 * 1024 * 1024
+"""The largest HTTP request body, unless ``--max-packet-size`` is smaller: an HTTP submission is
+read whole by one of ``--http-threads``, so gearmand's 4 GiB packet size would let them hold
+that much each. A larger payload goes over the Gearman port."""
+
 _RESULTS = (stats.COMPLETED, stats.FAILED, stats.EXCEPTION)
 
 
@@ -111,7 +116,7 @@ def run(
             listen=config.http,
             threads=config.http_threads,
             ident=SERVER_HEADER,
-            max_request_body_size=config.max_packet_size,
+            max_request_body_size=min(config.max_packet_size, HTTP_MAX_BODY),
             channel_request_lookahead=1,  # lets a waiting request notice that its client left
             clear_untrusted_proxy_headers=True,
         )

@@ -16,12 +16,13 @@ limited: a flood of connections must not flood the log).
 
 Functions (`FunctionLimits`, in each shard's scheduler)
 -------------------------------------------------------
-A function is created by its first SUBMIT_JOB* or CAN_DO and lives until ``drop function``. A
-shard refuses to create one with a name longer than ``max_function_name`` bytes, or beyond its
-share (``max_functions // shards``, at least one) of ``max_functions``; a submission is refused
-while the payloads of the function's jobs (queued, scheduled or running) plus the new one would
-pass ``max_queued_bytes``. The refusals are ERROR packets (submissions) or an ERROR to a worker
-whose CAN_DO was not registered.
+A function is created by its first SUBMIT_JOB* or CAN_DO and lives until ``drop function``. A shard
+refuses to create one with a name longer than ``max_function_name`` bytes, or beyond its share
+(``max_functions // shards``, at least one) of ``max_functions``; a submission is refused while the
+payloads of the function's jobs (queued, scheduled or running) plus the new one would pass
+``max_queued_bytes`` (a function holding no payload bytes takes one job of any size, up to
+``--max-packet-size``, so that every packet gearmand accepts can be a job). The refusals are ERROR
+packets (submissions) or an ERROR to a worker whose CAN_DO was not registered.
 """
 
 from __future__ import annotations
@@ -97,6 +98,16 @@ ERR_QUEUED_BYTES: Final = error_packet(
     b"QUEUE_ERROR", b"Job queue is full: the function's jobs hold max-queued-bytes of data"
 )
 
+MAX_JOB_BYTES: Final = 0xFFFFFFFF - 1024
+"""The most bytes a job's function name, unique, reducer and payload may add up to. Its
+JOB_ASSIGN_ALL carries all four, the handle and NULs in one packet whose size is a u32 (and its
+job log record 48 bytes more), so a submission within a handle's length of the protocol's 4 GiB
+would make a packet whose size the header cannot say: it is refused with ARGUMENT_TOO_LARGE."""
+
+ERR_JOB_TOO_LARGE: Final = error_packet(
+    b"ARGUMENT_TOO_LARGE", b"Job too large: its JOB_ASSIGN would pass the 4 GiB packet size"
+)
+
 
 class FunctionLimits:
     """What a shard's functions may grow to (0 = no limit)."""
@@ -105,17 +116,24 @@ class FunctionLimits:
         "err_name",
         "err_number",
         "max_functions",
+        "max_job_bytes",
         "max_name",
         "max_queued_bytes",
         "warn",
     )
 
     def __init__(
-        self, max_functions: int = 0, max_name: int = 0, max_queued_bytes: int = 0, shards: int = 1
+        self,
+        max_functions: int = 0,
+        max_name: int = 0,
+        max_queued_bytes: int = 0,
+        shards: int = 1,
+        max_job_bytes: int = MAX_JOB_BYTES,
     ) -> None:
         self.max_functions = share(max_functions, shards)
         self.max_name = max_name
         self.max_queued_bytes = max_queued_bytes
+        self.max_job_bytes = max_job_bytes  # name + unique + reducer + payload (MAX_JOB_BYTES)
         self.warn = LogLimiter(log)
         self.err_name = error_packet(
             b"ARGUMENT_TOO_LARGE",

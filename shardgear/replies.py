@@ -39,10 +39,13 @@ from shardgear.connection import (
     E_DATA,
     E_SEQ,
     E_SHARD,
+    LARGE_OUTPUT,
     LINGERING,
     OPEN,
     REFUSING,
     Conn,
+    in_transit,
+    unread,
 )
 from shardgear.log_limit import LogLimiter
 
@@ -92,23 +95,31 @@ class Replies:
 
     def emit(self, conn: Conn, data: bytes) -> None:
         """Queue bytes for the socket now (no reply ordering involved)."""
+        if len(data) >= LARGE_OUTPUT:
+            in_transit(conn, len(data))
         conn.out.append(data)
         conn.out_bytes += len(data)
-        if conn.out_bytes > self.output_limit:
-            self.overflowed(conn)
-        elif not conn.want_write:
+        if conn.out_bytes > self.output_limit and self.overflowed(conn):
+            return
+        if not conn.want_write:
             self.writers.add(conn)
 
-    def overflowed(self, conn: Conn) -> None:
-        """`conn` left more than ``output_limit`` bytes unread: close it."""
+    def overflowed(self, conn: Conn) -> bool:
+        """Close `conn` if it left more than ``output_limit`` bytes unread, not counting the large
+        packet in transit (`shardgear.connection.unread`); return True if it did. Call it only
+        once ``conn.out_bytes`` is over the limit (the cheap test first)."""
+        held = unread(conn)
+        if held <= self.output_limit:
+            return False
         self.count_close()
         self.warn.warning(
             "slow reader",
             "closing connection from %s: %d bytes of output unread (over --max-output-buffer)",
             conn.ip,
-            conn.out_bytes,
+            held,
         )
         self.close(conn)
+        return True
 
     def reply(self, conn: Conn, data: bytes) -> None:
         """Queue bytes behind any reply the connection is still owed (dropped once closed)."""

@@ -103,7 +103,7 @@ from .jobs import (
     best_ready,
 )
 from .lease import assign_packet
-from .limits import ERR_QUEUED_BYTES, FunctionLimits
+from .limits import ERR_JOB_TOO_LARGE, ERR_QUEUED_BYTES, FunctionLimits
 from .messages import (
     GRAB_LEASED,
     HEADER,
@@ -264,6 +264,7 @@ class Scheduler:
         self._metrics = metrics  # hook: per-function counters (stats.py), None = metrics off
         self._limits = limits or FunctionLimits()
         self._max_bytes = self._limits.max_queued_bytes
+        self._max_job_bytes = self._limits.max_job_bytes
         self._functions: dict[bytes, Function] = {}
         self._jobs: dict[bytes, Job] = {}
         self._workers: dict[int, Worker] = {}
@@ -507,8 +508,11 @@ class Scheduler:
         if limit > 0 and f.total >= limit:
             self._send(conn, _ERR_QUEUE_FULL)
             return
-        if self._max_bytes and f.qbytes + len(data) > self._max_bytes:
+        if self._max_bytes and f.qbytes and f.qbytes + len(data) > self._max_bytes:
             self._send(conn, ERR_QUEUED_BYTES)
+            return
+        if len(data) + len(name) + len(unique) + len(reducer) > self._max_job_bytes:
+            self._send(conn, ERR_JOB_TOO_LARGE)
             return
         n = self._next_n
         handle = self._prefix + b"%d" % n

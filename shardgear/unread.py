@@ -6,15 +6,17 @@ Each connection may leave ``--max-output-buffer`` bytes unread before it is clos
 that much per connection. `UnreadCap` also bounds the sum (``--max-total-output``, by default
 twice the per-connection limit): at the end of each loop turn, if the connections that could not
 take all their output add up to more than the cap, the ones with the most unread output are closed
-first, with a rate-limited WARNING each, until the rest fit.
+first, with a rate-limited WARNING each, until the rest fit. Neither cap counts what is left of the
+one large packet a connection is being sent (`shardgear.connection.unread`): that packet is
+bounded by ``--max-packet-size`` and held once, as the job or result it carries.
 
 Only connections whose socket has filled (the shell's ``write`` left bytes behind, `note`) are
 tracked, so a turn costs nothing while every reader keeps up.
 
-`PartialCap` does the same for input (``--max-total-input``, by default twice
-``--max-packet-size``): a connection may hold one unfinished request of up to
-``--max-packet-size``, and without it many connections that each send most of a large packet and
-then nothing more would hold that much each (a breaker held 500 MiB of a front with six). The
+`PartialCap` does the same for input (``--max-total-input``, by default twice ``--max-packet-size``
+but at most 4 GiB, and at least one such packet): a connection may hold one unfinished request of
+up to ``--max-packet-size``, and without it many connections that each send most of a large packet
+and then nothing more would hold that much each (a breaker held 500 MiB of a front with six). The
 front notes a connection that is in the middle of a large packet.
 """
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from shardgear.connection import Conn
+from shardgear.connection import Conn, unread
 from shardgear.log_limit import LogLimiter
 
 log = logging.getLogger("shardgear.front")
@@ -42,8 +44,14 @@ class UnreadCap:
 
     @staticmethod
     def measure(conn: Conn) -> int:
-        """The bytes `conn` makes the front hold (0: forget it)."""
-        return conn.out_bytes if conn.out else 0
+        """The bytes `conn` makes the front hold that the cap counts."""
+        return unread(conn)
+
+    @staticmethod
+    def holds(conn: Conn) -> bool:
+        """Whether `conn` still holds anything (False: forget it). Not ``measure(conn) > 0``: the
+        packet in transit is not counted, and what queues behind it must be."""
+        return bool(conn.out)
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -63,12 +71,12 @@ class UnreadCap:
         slow = self._slow
         measure = self.measure
         total = 0
+        holds = self.holds
         for conn in list(slow):
-            held = 0 if conn.closed else measure(conn)
-            if held:
-                total += held
-            else:
+            if conn.closed or not holds(conn):
                 slow.discard(conn)
+            else:
+                total += measure(conn)
         if total <= self.limit:
             return total
         for conn in sorted(slow, key=measure, reverse=True):
@@ -96,5 +104,10 @@ class PartialCap(UnreadCap):
 
     @staticmethod
     def measure(conn: Conn) -> int:
-        """The bytes of `conn`'s unfinished request (0 once it is complete: forget it)."""
+        """The bytes of `conn`'s unfinished request."""
         return conn.parser.buffered
+
+    @staticmethod
+    def holds(conn: Conn) -> bool:
+        """Whether `conn` is still in the middle of a request."""
+        return conn.parser.buffered > 0

@@ -49,7 +49,20 @@ def test_flags_are_parsed() -> None:
     assert config.job_handle_prefix == "X:y"
     assert config.max_packet_size == 64 * MIB
     assert config.log_level == "debug"
-    assert config.output_limit == 80 * MIB
+    assert config.output_limit == 256 * MIB  # no longer follows the packet size (issue 7)
+    assert config.total_input_limit == 128 * MIB
+
+
+def test_defaults_accept_what_gearmand_accepts() -> None:
+    """gearmand takes a packet of any size its u32 header can say; the caps that must admit one
+    such packet do, without letting a slow reader's backlog grow to 4 GiB (issue 7)."""
+    config = parse_config([])
+    assert config.max_packet_size == 0xFFFFFFFF
+    assert config.output_limit == 256 * MIB  # the packet in transit is not counted
+    assert config.total_output_limit == 512 * MIB
+    assert config.total_input_limit == 4 * 1024 * MIB  # twice the packet size, at most 4 GiB
+    assert parse_config(["--max-packet-size", "3G"]).total_input_limit == 4 * 1024 * MIB
+    assert parse_config(["--max-total-input", "1M"]).total_input_limit == MIB
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 
 from shardgear import routing, shard_admin
 from shardgear.invariants import check_invariants
+from shardgear.limits import MAX_JOB_BYTES, FunctionLimits
 from shardgear.messages import OP_CLOSE, OP_EXCEPTION, OP_SEND, OP_WAKE, REVOKE_ABILITY
 from shardgear.scheduler import Job, Scheduler
 from tests.effects import take_effects
@@ -750,6 +751,36 @@ def test_maxqueue_rejects_new_jobs_when_total_reaches_the_limit(rig: Rig) -> Non
     rig.submit(C1, b"f", b"", b"", SUBMIT_JOB_HIGH)  # 0 = unlimited
     shard_admin.maxqueue(rig.s, b"f", (-1, 0, 0))
     rig.submit(C1, b"f")
+
+
+def test_max_queued_bytes_takes_one_job_of_any_size_into_an_empty_function() -> None:
+    """limits.py: past max-queued-bytes a submission is refused, but a function holding no
+    payload takes one job of any size, so every packet gearmand accepts can be a job."""
+    r = Rig(limits=FunctionLimits(max_queued_bytes=100))
+    big = r.submit(C1, b"f", b"", b"x" * 500)
+    effects = r.send(C1, SUBMIT_JOB, b"f", b"", b"y")
+    assert error_of(r, effects)[0] == b"QUEUE_ERROR"
+    r.send(W1, CAN_DO, b"f")
+    assert r.grab_handle(W1) == big
+    r.send(W1, WORK_COMPLETE, big, b"")
+    r.submit(C1, b"f", b"", b"z" * 500)  # empty again
+
+
+def test_a_job_whose_assign_would_pass_the_u32_packet_size_is_refused() -> None:
+    """limits.MAX_JOB_BYTES: name + unique + reducer + payload within a handle's length of 4 GiB
+    would make a JOB_ASSIGN_ALL (and a job log record) whose size a u32 cannot say. The limit
+    is a parameter so that the rule is tested here without a 4 GiB payload."""
+    assert MAX_JOB_BYTES == 0xFFFFFFFF - 1024
+    r = Rig(limits=FunctionLimits(max_job_bytes=1000))
+    r.submit(C1, b"func", b"u", b"d" * 995)  # 4 + 1 + 995 = 1000: fits
+    effects = r.send(C1, SUBMIT_JOB, b"func", b"v", b"d" * 996)
+    assert error_of(r, effects) == (
+        b"ARGUMENT_TOO_LARGE",
+        b"Job too large: its JOB_ASSIGN would pass the 4 GiB packet size",
+    )
+    effects = r.send(C1, SUBMIT_REDUCE_JOB, b"func", b"", b"reducer", b"", b"d" * 990)
+    assert error_of(r, effects)[0] == b"ARGUMENT_TOO_LARGE"
+    assert shard_admin.status(r.s) == [(b"func", 1, 0, 0)]
 
 
 def test_maxqueue_of_an_unknown_function_does_nothing(rig: Rig) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shardgear.connection import Conn
+from shardgear.connection import LARGE_OUTPUT, Conn, in_transit, unread
 from shardgear.memory import TRIM_AFTER, TRIM_INTERVAL, Trimmer
 from shardgear.proto.parser import Parser
 from shardgear.unread import UnreadCap
@@ -52,6 +52,48 @@ def test_unread_cap_closes_the_worst_offenders_first(conns: list[Conn]) -> None:
     conns[0].out.clear()  # caught up
     assert cap.enforce(close) == 200
     assert bool(cap)
+
+
+def sent(conn: Conn, n: int) -> None:
+    """The socket took `n` bytes (as Front.write counts them)."""
+    conn.out_bytes -= n
+    conn.sent += n
+
+
+def test_the_large_packet_in_transit_is_not_counted_and_what_follows_it_is(
+    conns: list[Conn],
+) -> None:
+    conn = conns[0]
+    fill(conn, 100)  # small output before it counts
+    in_transit(conn, LARGE_OUTPUT * 4)
+    fill(conn, LARGE_OUTPUT * 4)
+    assert unread(conn) == 100
+    fill(conn, 50)  # behind it
+    assert unread(conn) == 150
+    in_transit(conn, LARGE_OUTPUT * 2)  # a second large one while the first is in transit
+    fill(conn, LARGE_OUTPUT * 2)
+    assert unread(conn) == 150 + LARGE_OUTPUT * 2
+    sent(conn, 100 + LARGE_OUTPUT)  # the small start and a part of the packet
+    assert unread(conn) == 50 + LARGE_OUTPUT * 2
+    sent(conn, LARGE_OUTPUT * 3)  # the rest of it: all that is left counts
+    assert unread(conn) == conn.out_bytes == 50 + LARGE_OUTPUT * 2
+    in_transit(conn, LARGE_OUTPUT)  # now a new one may be in transit
+    fill(conn, LARGE_OUTPUT)
+    assert unread(conn) == 50 + LARGE_OUTPUT * 2
+
+
+def test_a_connection_whose_only_output_is_in_transit_stays_watched(conns: list[Conn]) -> None:
+    """It counts 0, but what queues behind the packet must count once it does."""
+    cap = UnreadCap(1000)
+    conn = conns[0]
+    in_transit(conn, LARGE_OUTPUT)
+    fill(conn, LARGE_OUTPUT)
+    cap.note(conn)
+    assert cap.enforce(lambda c: None) == 0
+    fill(conn, 5000)
+    closed: list[Conn] = []
+    assert cap.enforce(closed.append) == 0
+    assert closed == [conn]
 
 
 def test_unread_cap_under_the_limit_closes_nothing(conns: list[Conn]) -> None:

@@ -1,16 +1,25 @@
 """A payload far bigger than a ring, of an odd size, foreground and background across 2 fronts x
 2 shards (issue 7, "a 1 GiB message"): it travels in pieces (front -> ring -> shard -> ring ->
 front, `shm.channel.Sender.send_parts`, `Receiver.take_large`) and every byte arrives in order,
-in the JOB_ASSIGN and in the WORK_COMPLETE. bench/big_message.py measures the memory it takes."""
+in the JOB_ASSIGN and in the WORK_COMPLETE. bench/big_message.py measures the memory it takes.
+
+The defaults accept what gearmand accepts (any size a packet's u32 header can say), and the output
+caps leave out the one large packet a connection is being sent, so a slow reader is closed for
+its backlog and never because one packet it asked for is big."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
+import time
 
 import pytest
 
 from tests.gearclient import (
     CAN_DO,
+    ECHO_REQ,
+    ECHO_RES,
     GRAB_JOB,
     JOB_ASSIGN,
     JOB_CREATED,
@@ -20,8 +29,19 @@ from tests.gearclient import (
     SUBMIT_JOB,
     SUBMIT_JOB_BG,
     WORK_COMPLETE,
+    WORK_DATA,
     Conn,
+    ConnectionClosed,
+    parse_status,
+    submit,
 )
+from tests.integration.test_lifecycle import (
+    VERSION_REPLY,
+    assert_no_child_restarted,
+    raw,
+    version_round,
+)
+from tests.integration.test_restart import children
 
 pytestmark = pytest.mark.shardgear_only  # make_name(shard=...) places the functions on shards
 MIB = 1024 * 1024
@@ -29,11 +49,11 @@ SIZE = 64 * MIB + 3
 TIMEOUT = 120.0
 
 
-def payload(seed: int) -> bytes:
-    """SIZE bytes in which a misplaced or lost piece shows (a counter every 8 bytes)."""
+def payload(seed: int, size: int = SIZE) -> bytes:
+    """`size` bytes in which a misplaced or lost piece shows (a counter every 8 bytes)."""
     step = (seed * 1_000_003).to_bytes(4, "big")
     unit = b"".join(step + i.to_bytes(4, "big") for i in range(8192))
-    return (unit * (SIZE // len(unit) + 1))[:SIZE]
+    return (unit * (size // len(unit) + 1))[:size]
 
 
 def grab(w: Conn) -> list[bytes]:
@@ -87,3 +107,88 @@ def test_a_64_mib_odd_sized_payload_foreground_and_background(start_server, make
     assert result == [True]
     assert got_handle == handle
     assert len(got) == SIZE and got == data[::-1]
+
+
+def test_a_payload_over_the_former_256_mib_default_needs_no_flag(start_server, make_name):
+    """The default --max-packet-size is gearmand's, 4294967295: 300 MiB, 44 MiB past the
+    former default, goes to the worker and back whole with no size flag."""
+    size = 300 * MIB + 5
+    srv = start_server("--fronts", "2", "--shards", "2")
+    func = make_name("big300")
+    w = Conn(srv.address, timeout=TIMEOUT)
+    w.send(CAN_DO, func)
+    client = Conn(srv.address, timeout=TIMEOUT)
+    data = payload(3, size)
+    result: list[object] = []
+
+    def work() -> None:
+        try:
+            h, _f, d = grab(w)
+            result.append(d == data)
+            w.send(WORK_COMPLETE, h, d)
+        except BaseException as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    client.send(SUBMIT_JOB, func, b"", data)
+    handle = client.expect(JOB_CREATED, timeout=TIMEOUT)[0]
+    got_handle, got = client.expect(WORK_COMPLETE, timeout=TIMEOUT)
+    t.join(TIMEOUT)
+    assert result == [True]
+    assert got_handle == handle and len(got) == size and got == data
+
+
+def test_a_header_announcing_4_gib_is_read_not_refused(start_server):
+    """By default a SUBMIT_JOB_BG announcing 4294967295 bytes is read (gearmand's limit), not
+    answered ERROR ARGUMENT_TOO_LARGE; one that stops half way and closes loses nothing else."""
+    srv = start_server("--fronts", "1", "--shards", "1")
+    before = children(srv.pid)
+    with raw(srv) as s:
+        s.sendall(struct.pack(">4sII", b"\0REQ", SUBMIT_JOB_BG, 0xFFFFFFFF) + b"f\0\0")
+        s.sendall(b"z" * (2 * MIB))
+        s.settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            s.recv(100)  # no ERROR, no close: the server waits for the rest
+    assert version_round(srv) == VERSION_REPLY
+    assert "exceeds the limit" not in srv.stderr_text()
+    with Conn(srv.address) as adm:
+        assert "f" not in parse_status(adm.admin("status"))  # nothing of it was queued
+    assert_no_child_restarted(srv, before)
+
+
+def test_one_packet_bigger_than_the_output_caps_reaches_a_slow_reader(start_server, make_name):
+    """The caps on unread output (--max-output-buffer, --max-total-output, 4M each here) leave out
+    the one large packet in transit: a client that reads nothing until its 32 MiB result is all
+    at the server gets it whole. A backlog of small packets past the cap still closes it."""
+    srv = start_server(
+        "--fronts", "1", "--shards", "1", "--max-output-buffer", "4M", "--max-total-output", "4M"
+    )
+    func = make_name("slowbig")
+    client = Conn(srv.address, timeout=TIMEOUT)  # the kernel's buffers take under 16 MiB of it
+    handle = submit(client, func, b"job")
+    w = Conn(srv.address, timeout=TIMEOUT)
+    w.send(CAN_DO, func)
+    assert grab(w)[0] == handle
+    big = payload(4, 32 * MIB)
+    w.send(WORK_COMPLETE, handle, big)
+    w.send(ECHO_REQ, b"sync")  # the front has taken all of it once this comes back
+    w.expect(ECHO_RES, timeout=TIMEOUT)
+    time.sleep(0.5)  # a turn or two for the caps' checks
+    assert client.expect(WORK_COMPLETE, timeout=TIMEOUT) == [handle, big]
+    assert "slow reader" not in srv.stderr_text() and "--max-total-output" not in srv.stderr_text()
+
+    # 48 packets of 512 KiB, none large: 24 MiB, past the kernel's buffers and the 4M cap
+    handle = submit(client, func, b"job2")
+    assert grab(w)[0] == handle
+    for _ in range(48):
+        w.send(WORK_DATA, handle, b"d" * (512 * 1024))
+    w.send(ECHO_REQ, b"sync")
+    w.expect(ECHO_RES, timeout=TIMEOUT)
+    deadline = time.monotonic() + 30
+    while "slow reader" not in srv.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "over --max-output-buffer" in srv.stderr_text()
+    with pytest.raises(ConnectionClosed):
+        for _ in range(100):
+            client.recv(timeout=TIMEOUT)
