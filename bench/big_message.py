@@ -13,7 +13,8 @@ as a multiple of P.
                                 [--shardgear-cmd CMD]
 
 Servers start as `bench.servers` starts them (gearmand 1.1.x with ``--threads 2``; shardgear with
-its defaults, ``--fronts F --shards S`` and ``--max-packet-size`` raised to fit P when needed),
+its defaults and ``--fronts F --shards S``; before 2026-12-01 its default packet size was 256 MiB,
+so a build from then needs ``--shardgear-cmd "... --max-packet-size 4294967295"`` for 1 GiB),
 each on a free loopback port, and are stopped by pid after each measurement. Take the benchmark
 lock around it on a shared machine: ``flock -x /tmp/shardgear-bench.lock python -m ...``.
 """
@@ -168,11 +169,7 @@ class PeakPss:
 
 def measure(spec_text: str, size: int, shardgear_cmd: str | None) -> dict[str, float]:
     spec = servers.parse_spec(spec_text)
-    cmd = shardgear_cmd
-    if spec.kind == "shardgear" and size > 256 * (1 << 20) - 4096:
-        extra = f" --max-packet-size {size + (1 << 20)}"
-        cmd = (cmd or f"{sys.executable} -m shardgear") + extra
-    server = servers.start(spec, shardgear_cmd=cmd)
+    server = servers.start(spec, shardgear_cmd=shardgear_cmd)
     try:
         time.sleep(1.0)  # settled after start
         with PeakPss(server.pids) as peak:
