@@ -1,5 +1,5 @@
 """``python -m shardgear``: the same as the ``shardgear`` command."""
 
-from shardgear.cli import main
+from shardgear.start import main
 
 raise SystemExit(main())

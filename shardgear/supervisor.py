@@ -642,6 +642,9 @@ class Supervisor:
         ):
             signal.signal(sig, self._queue_signal)
         signal.set_wakeup_fd(wfd.fileno(), warn_on_full_buffer=False)
+        # held since the command's first line (shardgear.start), or by whoever started us: any
+        # that came meanwhile run the handlers now, and our children start with none held
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED)
         status = 0
         with self.stack:
             try:
