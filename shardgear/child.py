@@ -192,9 +192,41 @@ def _set_title(title: str) -> None:
 
 
 def run(role: str, index: int, supervisor: int, doorbells: list[int], config: Config) -> int:
-    """Run front, shard or http `index` until it stops; return the process's exit status."""
+    """Run front, shard or http `index` until it stops; return the process's exit status.
+
+    A child that outlives its supervisor (killed with SIGKILL, so its own cleanup never ran; the
+    child is stopped by PR_SET_PDEATHSIG) removes the run's shared memory on its way out: no one
+    else will until a server starts again on the same port (`shm.segment.sweep_stale`)."""
     logs.setup(f"{role}{index}", config.log_level, config.log_format)
     instance = Instance(config.port, supervisor, config.fronts, config.shards)
+    try:
+        return _serve(role, index, supervisor, doorbells, config, instance)
+    finally:
+        if os.getppid() != supervisor:
+            _remove_orphaned(instance)
+
+
+def _remove_orphaned(instance: Instance) -> None:
+    """Unlink every segment and job log in /dev/shm of `instance`, whose supervisor is gone (a
+    name is unlinked at most once; what another child or a new server removed first is skipped)."""
+    from shardgear.shm.segment import list_segments, unlink_quietly
+
+    names = list_segments(instance.prefix + ".")
+    for name in names:
+        unlink_quietly(name)
+    if names:
+        log.info("the supervisor is gone: removed %d shared memory objects", len(names))
+
+
+def _serve(
+    role: str,
+    index: int,
+    supervisor: int,
+    doorbells: list[int],
+    config: Config,
+    instance: Instance,
+) -> int:
+    """`run`'s body: start the role's object and run its loop."""
     from shardgear.shm.layout import control_view
     from shardgear.shm.segment import Segment
 

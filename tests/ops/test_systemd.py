@@ -280,6 +280,9 @@ def test_children_end_when_the_supervisor_is_killed(start_server):
         return not any(os.path.exists(f"/proc/{k}") for k in kids)
 
     wait_for(gone, timeout=10, what="the children of a killed supervisor to exit")
-    srv.stop(check=False)  # removes what the killed supervisor left in /dev/shm
+    # ... and the last of them took the shared memory the supervisor could not remove
+    assert srv.shm_leftovers() == []
+    assert "the supervisor is gone: removed" in srv.stderr_text()
+    srv.stop(check=False)
     again = start_server(port=port)
     assert _served(port, 30) == {f"OK {again.pid}\n"}
