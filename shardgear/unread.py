@@ -6,9 +6,12 @@ Each connection may leave ``--max-output-buffer`` bytes unread before it is clos
 that much per connection. `UnreadCap` also bounds the sum (``--max-total-output``, by default
 twice the per-connection limit): at the end of each loop turn, if the connections that could not
 take all their output add up to more than the cap, the ones with the most unread output are closed
-first, with a rate-limited WARNING each, until the rest fit. Neither cap counts what is left of the
-one large packet a connection is being sent (`shardgear.connection.unread`): that packet is
-bounded by ``--max-packet-size`` and held once, as the job or result it carries.
+first, with a rate-limited WARNING each, until the rest fit. The per-connection limit does not
+count what is left of the one large packet a connection is being sent
+(`shardgear.connection.unread`): that packet is bounded by ``--max-packet-size``. The total counts
+every such packet but one, the largest, front-wide: one reader may be sent a packet larger than
+the cap, but many readers of large results add up like any other backlog (a breaker made a front
+hold 3 x 32 MiB of results with a 4 MiB cap when each connection's packet was spared).
 
 Only connections whose socket has filled (the shell's ``write`` left bytes behind, `note`) are
 tracked, so a turn costs nothing while every reader keeps up.
@@ -44,13 +47,18 @@ class UnreadCap:
 
     @staticmethod
     def measure(conn: Conn) -> int:
-        """The bytes `conn` makes the front hold that the cap counts."""
-        return unread(conn)
+        """The bytes `conn` makes the front hold: all of its unsent output."""
+        return conn.out_bytes
+
+    @staticmethod
+    def spare(conn: Conn) -> int:
+        """The part of `measure(conn)` the total may leave out: what is still unsent of the large
+        packet in transit (`shardgear.connection.unread`). Only the largest one front-wide is."""
+        return conn.out_bytes - unread(conn)
 
     @staticmethod
     def holds(conn: Conn) -> bool:
-        """Whether `conn` still holds anything (False: forget it). Not ``measure(conn) > 0``: the
-        packet in transit is not counted, and what queues behind it must be."""
+        """Whether `conn` still holds anything (False: forget it)."""
         return bool(conn.out)
 
     def __init__(self, limit: int) -> None:
@@ -77,17 +85,25 @@ class UnreadCap:
                 slow.discard(conn)
             else:
                 total += measure(conn)
-        if total <= self.limit:
+        if total - self._spared(slow) <= self.limit:
             return total
-        for conn in sorted(slow, key=measure, reverse=True):
+        spare = self.spare
+        # the most backlog besides a packet in transit first, so that a reader being sent one
+        # large result outlasts a slow reader of many small ones
+        for conn in sorted(slow, key=lambda c: (measure(c) - spare(c), measure(c)), reverse=True):
             held = measure(conn)
             self._log.warning(self.KIND, self.MESSAGE, conn.ip, held, total, self.limit)
             slow.discard(conn)
             close(conn)
             total -= held
-            if total <= self.limit:
+            if total - self._spared(slow) <= self.limit:
                 break
         return total
+
+    def _spared(self, held: set[Conn]) -> int:
+        """The largest `spare` among `held`: the one packet in transit the total leaves out."""
+        spare = self.spare
+        return max((spare(c) for c in held), default=0)
 
 
 class PartialCap(UnreadCap):
@@ -106,6 +122,11 @@ class PartialCap(UnreadCap):
     def measure(conn: Conn) -> int:
         """The bytes of `conn`'s unfinished request."""
         return conn.parser.buffered
+
+    @staticmethod
+    def spare(conn: Conn) -> int:
+        """Nothing: every unfinished request counts."""
+        return 0
 
     @staticmethod
     def holds(conn: Conn) -> bool:

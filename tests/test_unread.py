@@ -83,17 +83,52 @@ def test_the_large_packet_in_transit_is_not_counted_and_what_follows_it_is(
 
 
 def test_a_connection_whose_only_output_is_in_transit_stays_watched(conns: list[Conn]) -> None:
-    """It counts 0, but what queues behind the packet must count once it does."""
+    """Its packet is spared, but what queues behind the packet must count once it does."""
     cap = UnreadCap(1000)
     conn = conns[0]
     in_transit(conn, LARGE_OUTPUT)
     fill(conn, LARGE_OUTPUT)
     cap.note(conn)
-    assert cap.enforce(lambda c: None) == 0
+    assert cap.enforce(lambda c: pytest.fail("closed")) == LARGE_OUTPUT
     fill(conn, 5000)
     closed: list[Conn] = []
     assert cap.enforce(closed.append) == 0
     assert closed == [conn]
+
+
+def test_the_total_spares_one_packet_in_transit_per_front_not_one_per_connection(
+    conns: list[Conn],
+) -> None:
+    """Three readers of one large result each, cap 1000: two are closed, one gets its result."""
+    cap = UnreadCap(1000)
+    closed: list[Conn] = []
+
+    def close(c: Conn) -> None:
+        c.closed = True
+        closed.append(c)
+
+    for conn in conns[:3]:
+        in_transit(conn, LARGE_OUTPUT)
+        fill(conn, LARGE_OUTPUT)
+        cap.note(conn)
+    assert cap.enforce(close) == LARGE_OUTPUT
+    assert len(closed) == 2
+    assert sorted(c.id for c in closed) == sorted(c.id for c in conns[:3] if c.closed)
+
+
+def test_a_slow_reader_of_small_packets_goes_before_a_reader_of_one_large_result(
+    conns: list[Conn],
+) -> None:
+    cap = UnreadCap(1000)
+    big, small = conns[0], conns[1]
+    in_transit(big, LARGE_OUTPUT * 4)
+    fill(big, LARGE_OUTPUT * 4)
+    fill(small, 1500)
+    cap.note(big)
+    cap.note(small)
+    closed: list[Conn] = []
+    assert cap.enforce(closed.append) == LARGE_OUTPUT * 4
+    assert closed == [small]
 
 
 def test_unread_cap_under_the_limit_closes_nothing(conns: list[Conn]) -> None:

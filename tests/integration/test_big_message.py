@@ -192,3 +192,39 @@ def test_one_packet_bigger_than_the_output_caps_reaches_a_slow_reader(start_serv
     with pytest.raises(ConnectionClosed):
         for _ in range(100):
             client.recv(timeout=TIMEOUT)
+
+
+def test_many_readers_of_large_results_add_up_to_the_front_cap(start_server, make_name):
+    """Only one packet in transit is spared front-wide: three clients that read nothing while
+    each is sent a 32 MiB result (--max-total-output 4M) are not 96 MiB the cap ignores. Two are
+    closed with a WARNING each; the third gets its result whole, and no process restarts."""
+    srv = start_server(
+        "--fronts", "1", "--shards", "1", "--max-output-buffer", "4M", "--max-total-output", "4M"
+    )
+    before = children(srv.pid)
+    func = make_name("manybig")
+    clients = [Conn(srv.address, timeout=TIMEOUT) for _ in range(3)]
+    handles = [submit(c, func, b"job%d" % i) for i, c in enumerate(clients)]
+    w = Conn(srv.address, timeout=TIMEOUT)
+    w.send(CAN_DO, func)
+    big = payload(5, 32 * MIB)
+    for _ in handles:
+        handle = grab(w)[0]
+        w.send(WORK_COMPLETE, handle, big)
+    w.send(ECHO_REQ, b"sync")  # the front has taken all of them once this comes back
+    w.expect(ECHO_RES, timeout=TIMEOUT)
+    deadline = time.monotonic() + 30
+    while srv.stderr_text().count("--max-total-output") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a turn or two more: no third one
+    assert srv.stderr_text().count("--max-total-output") == 2
+    whole = 0
+    for client, handle in zip(clients, handles, strict=True):
+        try:
+            assert client.expect(WORK_COMPLETE, timeout=TIMEOUT) == [handle, big]
+            whole += 1
+        except ConnectionClosed:
+            pass
+    assert whole == 1
+    assert version_round(srv) == VERSION_REPLY
+    assert_no_child_restarted(srv, before)
