@@ -44,6 +44,8 @@ def check_invariants(sched: Scheduler) -> None:
             assert j.data == pd and j.unique == b"-" and j.ukind == UK_PAYLOAD
             assert sched._jobs.get(j.handle) is j
         running += f.running
+        held = sum(len(j.data) + len(j.reducer) for j in sched._jobs.values() if j.fn is f)
+        assert f.qbytes == held, (name, f.qbytes, held)  # --max-queued-bytes
         assert f.running == sum(1 for j in sched._jobs.values() if j.fn is f and j.state == RUNNING)
         assert sum(f.future) == sum(
             1 for j in sched._jobs.values() if j.fn is f and j.state == FUTURE

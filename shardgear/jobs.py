@@ -214,7 +214,8 @@ class Function:
         self.payloads: dict[bytes, Job] = {}
         # the retry policy of the config file's tables for this function (None: gearmand's rules)
         self.retry: RetryPolicy | None = None
-        self.qbytes = 0  # payload bytes of its jobs (queued, future, running): max-queued-bytes
+        # payload + reducer bytes of its jobs (queued, future, running): max-queued-bytes
+        self.qbytes = 0
 
     @property
     def total(self) -> int:

@@ -237,7 +237,7 @@ def _job(sched: Scheduler, e: LiveJob, bg: bool) -> Job | None:
     job.retry = e.retry
     job.stored = bool(e.flags & JF_STORED)
     sched._jobs[handle] = job
-    f.qbytes += len(job.data)  # max-queued-bytes (limits.py)
+    f.qbytes += len(job.data) + len(job.reducer)  # max-queued-bytes (limits.py)
     if r.unique and sched._lookup(f, r.unique, r.data) is None:
         if r.unique == b"-":
             if r.data:

@@ -508,7 +508,7 @@ class Scheduler:
         if limit > 0 and f.total >= limit:
             self._send(conn, _ERR_QUEUE_FULL)
             return
-        if self._max_bytes and f.qbytes and f.qbytes + len(data) > self._max_bytes:
+        if self._max_bytes and f.qbytes and f.qbytes + len(data) + len(reducer) > self._max_bytes:
             self._send(conn, ERR_QUEUED_BYTES)
             return
         if len(data) + len(name) + len(unique) + len(reducer) > self._max_job_bytes:
@@ -546,7 +546,7 @@ class Scheduler:
     def _insert(self, job: Job, when: float, now: float) -> None:
         """Index a new job and queue it (or hold it until `when`)."""
         self._jobs[job.handle] = job
-        job.fn.qbytes += len(job.data)
+        job.fn.qbytes += len(job.data) + len(job.reducer)
         unique = job.unique
         if unique == b"-":
             if job.data:
@@ -1000,7 +1000,7 @@ class Scheduler:
         """Remove a job that is in no queue and held by no worker from every index."""
         job.state = GONE
         if self._jobs.pop(job.handle, None) is not None:
-            job.fn.qbytes -= len(job.data)
+            job.fn.qbytes -= len(job.data) + len(job.reducer)
         if job.ukind:
             self._unindex(job)
         if job.clients:

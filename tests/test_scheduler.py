@@ -766,6 +766,17 @@ def test_max_queued_bytes_takes_one_job_of_any_size_into_an_empty_function() -> 
     r.submit(C1, b"f", b"", b"z" * 500)  # empty again
 
 
+def test_max_queued_bytes_counts_a_reducer_as_payload() -> None:
+    """A reducer is held with the job as its payload is: without counting it, SUBMIT_REDUCE_JOB
+    with an empty payload and a large reducer would queue past max-queued-bytes."""
+    r = Rig(limits=FunctionLimits(max_queued_bytes=100))
+    r.send(C1, SUBMIT_REDUCE_JOB, b"f", b"", b"r" * 60, b"", b"")
+    effects = r.send(C1, SUBMIT_REDUCE_JOB, b"f", b"", b"r" * 41, b"", b"")
+    assert error_of(r, effects)[0] == b"QUEUE_ERROR"
+    r.send(C1, SUBMIT_REDUCE_JOB, b"f", b"", b"r" * 40, b"", b"")  # 60 + 40: fits
+    assert shard_admin.status(r.s) == [(b"f", 2, 0, 0)]
+
+
 def test_a_job_whose_assign_would_pass_the_u32_packet_size_is_refused() -> None:
     """limits.MAX_JOB_BYTES: name + unique + reducer + payload within a handle's length of 4 GiB
     would make a JOB_ASSIGN_ALL (and a job log record) whose size a u32 cannot say. The limit
