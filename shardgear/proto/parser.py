@@ -76,6 +76,8 @@ MAX_TOKENS: Final = 5
 
 _LARGE: Final = LARGE_BODY
 _HEADER_SIZE: Final = HEADER.size
+# received pieces under this many bytes are merged while a partial event waits (Parser.feed)
+_SMALL_CHUNK: Final = 4096
 _unpack_header = HEADER.unpack_from
 _split_spaces = re.compile(b" +").split
 
@@ -196,7 +198,15 @@ class Parser:
             data = bytes(data)
         if self._chunks or self._pos < len(self._data):
             if data and self._error is None:
-                self._chunks.append(data)
+                chunks = self._chunks
+                if chunks and len(data) < _SMALL_CHUNK and len(chunks[-1]) < _SMALL_CHUNK:
+                    # A peer that trickles a request a byte at a time would otherwise make each
+                    # byte a bytes object of ~40, past what --max-total-input counts (buffered).
+                    chunks[-1] += data
+                    if self._scanned == len(chunks):
+                        self._scanned -= 1  # the merged chunk may now hold the "\n"
+                else:
+                    chunks.append(data)
                 self._pending += len(data)
         elif self._error is None:
             self._data = data

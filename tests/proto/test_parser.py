@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import struct
 import time
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -396,6 +397,27 @@ def test_byte_by_byte_long_line_is_linear() -> None:
         out += parser.events()
     assert out == [AdminLine([b"x" * 100_000])]
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize(
+    "wire", [request(PacketType.ECHO_REQ, b"y" * 65_536), b"z" * 65_536 + b"\n"]
+)
+def test_a_trickled_request_is_held_in_about_its_own_size(wire: bytes) -> None:
+    """A peer that sends one byte per segment must not make the parser hold ~40 bytes per byte:
+    --max-total-input counts `buffered`, so what is held must stay close to it."""
+    parser = Parser(max_line=100_000)
+    tracemalloc.start()
+    try:
+        for i in range(len(wire) - 1):
+            parser.feed(wire[i : i + 1])
+            assert parser.events() == []
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert parser.buffered == len(wire) - 1
+    assert held < 2 * len(wire)  # one bytes object per byte: ~50 x
+    parser.feed(wire[-1:])
+    assert len(parser.events()) == 1
 
 
 # -- properties -----------------------------------------------------------------------------
