@@ -105,9 +105,9 @@ def main(argv: list[str]) -> int:
     """Run one child process (``python -m shardgear.child`` ARGV); return its exit status."""
     role, index_text, sup_text, bells_text = argv
     supervisor = int(sup_text)
-    if os.getppid() != supervisor:
-        return 0  # the supervisor died before PR_SET_PDEATHSIG took effect
     config = Config.from_json_dict(orjson.loads(os.environ.pop(CONFIG_ENV)))
+    if os.getppid() != supervisor:
+        return _exit_orphaned(supervisor, config)
     doorbells = [int(x) for x in bells_text.split(",")]
     return run(role, int(index_text), supervisor, doorbells, config)
 
@@ -146,10 +146,10 @@ def run_forked(
         os.close(null)
         os.environ.update(env)
         _set_title(f"shardgear.child\0{role}\0{index}\0")
-        if os.getppid() == supervisor:  # else it died before PR_SET_PDEATHSIG took effect
+        if os.getppid() == supervisor:
             status = run(role, index, supervisor, doorbells, config)
         else:
-            status = 0
+            status = _exit_orphaned(supervisor, config)
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except BaseException:
@@ -204,6 +204,13 @@ def run(role: str, index: int, supervisor: int, doorbells: list[int], config: Co
     finally:
         if os.getppid() != supervisor:
             _remove_orphaned(instance)
+
+
+def _exit_orphaned(supervisor: int, config: Config) -> int:
+    """The supervisor died before PR_SET_PDEATHSIG took effect, so this child would not be told:
+    remove the run's shared memory as `run` does on its way out, and return exit status 0."""
+    _remove_orphaned(Instance(config.port, supervisor, config.fronts, config.shards))
+    return 0
 
 
 def _remove_orphaned(instance: Instance) -> None:

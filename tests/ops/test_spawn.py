@@ -203,3 +203,45 @@ def test_a_stop_signal_to_the_whole_process_group_restarts_nothing(tmp_path):
                 proc.wait()
     text = log_path.read_text()
     assert "restarted" not in text and "exited with status" not in text, text
+
+
+def test_a_child_whose_supervisor_died_before_it_started_removes_the_run_s_shared_memory():
+    """`python -m shardgear.child` checks its parent first: if the supervisor it names is already
+    gone (it died between the fork or exec and PR_SET_PDEATHSIG), the child is never told, so it
+    unlinks that run's segments itself and exits 0 instead of serving."""
+    import subprocess
+    import sys
+
+    import orjson
+    import posix_ipc
+
+    from shardgear.child import CONFIG_ENV
+    from shardgear.config import Config
+    from shardgear.instance import Instance
+
+    port = free_port()
+    gone = os.getpid()  # names a supervisor that is not the child's parent
+    instance = Instance(port, gone, 1, 1)
+    names = [instance.to_shard(0, 0), instance.to_front(0, 0)]
+    for name in names:
+        posix_ipc.SharedMemory(name, posix_ipc.O_CREX, size=4096).close_fd()
+    other = f"/shardgear.{port}.{gone + 1}.f0s0"  # another run on the port: not ours to remove
+    posix_ipc.SharedMemory(other, posix_ipc.O_CREX, size=4096).close_fd()
+    try:
+        config = Config(port=port, fronts=1, shards=1)
+        env = {**os.environ, CONFIG_ENV: orjson.dumps(config.to_json_dict()).decode()}
+        # the child is our grandchild (through sh), so its parent is not `gone`
+        done = subprocess.run(
+            ["sh", "-c", f'"{sys.executable}" -m shardgear.child front 0 {gone} 0; exit $?'],
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode == 0
+        left = {n for n in (*names, other) if Path("/dev/shm" + n).exists()}
+        assert left == {other}
+    finally:
+        for name in (*names, other):
+            try:
+                posix_ipc.unlink_shared_memory(name)
+            except posix_ipc.ExistentialError:
+                pass
