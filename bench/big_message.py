@@ -10,7 +10,10 @@ with the wall time of the round trip (from the client's first byte to its last),
 as a multiple of P.
 
     python -m bench.big_message [--sizes 256M 1G] [--servers gearmand shardgear:1x1 shardgear:2x2]
-                                [--shardgear-cmd CMD]
+                                [--shardgear-cmd CMD] [--grab-all]
+
+With ``--grab-all`` the worker grabs with GRAB_JOB_ALL, as libgearman's workers do, and gets the
+job as a JOB_ASSIGN_UNIQ (the payload after the unique id) instead of a JOB_ASSIGN.
 
 Servers start as `bench.servers` starts them (gearmand 1.1.x with ``--threads 2``; shardgear with
 its defaults and ``--fronts F --shards S``; before 2026-12-01 its default packet size was 256 MiB,
@@ -33,6 +36,7 @@ from bench import procstats, servers
 REQ = b"\0REQ"
 CAN_DO, SUBMIT_JOB, GRAB_JOB, NO_JOB, JOB_ASSIGN, JOB_CREATED = 1, 7, 9, 10, 11, 8
 WORK_COMPLETE, PRE_SLEEP, NOOP = 13, 4, 6
+GRAB_JOB_ALL, JOB_ASSIGN_UNIQ = 39, 31
 CHUNK = 1 << 20  # the raw peers send and receive in pieces of this size
 MB = 1_000_000
 FUNC = b"big_echo"
@@ -82,16 +86,17 @@ def recv_packet(sock: socket.socket) -> tuple[int, bytearray]:
     return ptype, recv_exact(sock, size)
 
 
-def worker(port: int, ready: threading.Event, errors: list[str]) -> None:
+def worker(port: int, ready: threading.Event, errors: list[str], grab_all: bool = False) -> None:
     """Grab one job of FUNC and echo its payload back in WORK_COMPLETE."""
+    grab, assign = (GRAB_JOB_ALL, JOB_ASSIGN_UNIQ) if grab_all else (GRAB_JOB, JOB_ASSIGN)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=600) as w:
             send_packet(w, CAN_DO, [FUNC], None)
             ready.set()
             while True:
-                send_packet(w, GRAB_JOB, [], None)
+                send_packet(w, grab, [], None)
                 ptype, body = recv_packet(w)
-                if ptype == JOB_ASSIGN:
+                if ptype == assign:
                     break
                 if ptype != NO_JOB:
                     raise ConnectionError(f"worker got packet type {ptype}")
@@ -100,9 +105,11 @@ def worker(port: int, ready: threading.Event, errors: list[str]) -> None:
                     pass
             view = memoryview(body)
             first = body.index(0)
-            second = body.index(0, first + 1)
+            end = body.index(0, first + 1)  # after the function name
+            if grab_all:
+                end = body.index(0, end + 1)  # after the unique id
             handle = bytes(view[:first])
-            payload = view[second + 1 :]
+            payload = view[end + 1 :]
             send_packet(w, WORK_COMPLETE, [handle], payload)  # type: ignore[arg-type]
             del view, payload, body
     except Exception as exc:  # reported by the caller
@@ -110,11 +117,11 @@ def worker(port: int, ready: threading.Event, errors: list[str]) -> None:
         ready.set()
 
 
-def round_trip(port: int, size: int) -> float:
+def round_trip(port: int, size: int, grab_all: bool = False) -> float:
     """One foreground job of `size` bytes through the server at `port`; return its wall time."""
     errors: list[str] = []
     ready = threading.Event()
-    t = threading.Thread(target=worker, args=(port, ready, errors), daemon=True)
+    t = threading.Thread(target=worker, args=(port, ready, errors, grab_all), daemon=True)
     t.start()
     ready.wait(60)
     time.sleep(0.2)  # the CAN_DO is in before the job
@@ -167,13 +174,15 @@ class PeakPss:
         self._thread.join()
 
 
-def measure(spec_text: str, size: int, shardgear_cmd: str | None) -> dict[str, float]:
+def measure(
+    spec_text: str, size: int, shardgear_cmd: str | None, grab_all: bool = False
+) -> dict[str, float]:
     spec = servers.parse_spec(spec_text)
     server = servers.start(spec, shardgear_cmd=shardgear_cmd)
     try:
         time.sleep(1.0)  # settled after start
         with PeakPss(server.pids) as peak:
-            took = round_trip(server.port, size)
+            took = round_trip(server.port, size, grab_all)
             time.sleep(0.1)
         return {
             "base_mb": peak.base_kb * 1024 / MB,
@@ -190,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", nargs="+", default=["256M", "1G"])
     p.add_argument("--servers", nargs="+", default=["gearmand", "shardgear:1x1", "shardgear:2x2"])
     p.add_argument("--shardgear-cmd", help="command that starts shardgear (default: this python)")
+    p.add_argument("--grab-all", action="store_true", help="the worker grabs with GRAB_JOB_ALL")
     a = p.parse_args(argv)
     print(
         f"{'server':<16} {'P':>6} {'peak MB':>8} {'base MB':>8} {'peak/P':>7} {'(+)/P':>6} {'s':>6}"
@@ -197,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     for text in a.sizes:
         size = parse_size(text)
         for spec in a.servers:
-            r = measure(spec, size, a.shardgear_cmd)
+            r = measure(spec, size, a.shardgear_cmd, a.grab_all)
             ratio = r["peak_mb"] * MB / size
             grown = (r["peak_mb"] - r["base_mb"]) * MB / size
             print(

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "assign_packet",
+    "assign_parts",
     "grabbed",
     "offer",
     "outranked",
@@ -72,20 +73,26 @@ def assign_packet(ptype: int, job: Job) -> bytes:
     """The JOB_ASSIGN, JOB_ASSIGN_UNIQ or JOB_ASSIGN_ALL packet that answers a GRAB of type
     `ptype` with `job` (gearman-protocol.md §2.4: ALL only for a job with a reducer, UNIQ
     otherwise). The scheduler's GRAB reply and a lease are the same bytes."""
+    return b"".join(assign_parts(ptype, job))
+
+
+def assign_parts(ptype: int, job: Job) -> list[bytes]:
+    """`assign_packet` in the pieces it is joined from; the last is the job's payload, so that
+    a large one can be sent as a message's tail (`Scheduler.send_assign`) instead of copied."""
     h = job.handle
     name = job.fn.name
     data = job.data
     if ptype == _GRAB_JOB:
         head = _II.pack(_JOB_ASSIGN, len(h) + len(name) + len(data) + 2)
-        return b"".join((RES_MAGIC, head, h, b"\0", name, b"\0", data))
+        return [RES_MAGIC, head, h, b"\0", name, b"\0", data]
     u = job.unique
     if ptype == _GRAB_JOB_ALL and job.reducer:
         red = job.reducer
         size = len(h) + len(name) + len(u) + len(red) + len(data) + 4
         head = _II.pack(_JOB_ASSIGN_ALL, size)
-        return b"".join((RES_MAGIC, head, h, b"\0", name, b"\0", u, b"\0", red, b"\0", data))
+        return [RES_MAGIC, head, h, b"\0", name, b"\0", u, b"\0", red, b"\0", data]
     head = _II.pack(_JOB_ASSIGN_UNIQ, len(h) + len(name) + len(u) + len(data) + 3)
-    return b"".join((RES_MAGIC, head, h, b"\0", name, b"\0", u, b"\0", data))
+    return [RES_MAGIC, head, h, b"\0", name, b"\0", u, b"\0", data]
 
 
 def offer(sched: Scheduler, w: Worker, ptype: int) -> None:

@@ -102,7 +102,7 @@ from .jobs import (
     add_client,
     best_ready,
 )
-from .lease import assign_packet
+from .lease import assign_parts
 from .limits import ERR_JOB_TOO_LARGE, ERR_QUEUED_BYTES, FunctionLimits
 from .messages import (
     GRAB_LEASED,
@@ -720,14 +720,11 @@ class Scheduler:
     def send_assign(self, conn: int, ptype: int, job: Job) -> None:
         """Send `conn` the JOB_ASSIGN* of `job` for a GRAB of type `ptype`; a large payload goes
         as the message's tail (`_send_tail`), never copied into one packet."""
-        data = job.data
-        if len(data) >= LARGE_BODY and ptype == GRAB_JOB:
-            h = job.handle
-            name = job.fn.name
-            size = len(h) + len(name) + len(data) + 2
-            self._send_tail(conn, _RES + _pack(JOB_ASSIGN, size) + h + b"\0" + name + b"\0", [data])
+        parts = assign_parts(ptype, job)
+        if len(job.data) >= LARGE_BODY:  # JOB_ASSIGN, _UNIQ and _ALL alike
+            self._send_tail(conn, b"".join(parts[:-1]), [job.data])
         else:
-            self._send(conn, assign_packet(ptype, job))
+            self._send(conn, b"".join(parts))
 
     def _assign(self, w: Worker, job: Job, timeout: int, now: float) -> None:
         """`w` now runs `job` (out of any queue): log it, count it, start its CAN_DO_TIMEOUT

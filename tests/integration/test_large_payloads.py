@@ -25,7 +25,11 @@ from tests.gearclient import (
     ECHO_REQ,
     ECHO_RES,
     GRAB_JOB,
+    GRAB_JOB_ALL,
+    GRAB_JOB_UNIQ,
     JOB_ASSIGN,
+    JOB_ASSIGN_ALL,
+    JOB_ASSIGN_UNIQ,
     JOB_CREATED,
     NO_JOB,
     NOOP,
@@ -34,6 +38,7 @@ from tests.gearclient import (
     SUBMIT_JOB_BG,
     SUBMIT_JOB_HIGH,
     SUBMIT_JOB_LOW,
+    SUBMIT_REDUCE_JOB,
     WORK_COMPLETE,
     Conn,
     status_of,
@@ -120,6 +125,40 @@ def test_large_odd_sized_payloads_across_priorities(start_server, make_name):
     finally:
         w.stop.set()
     assert w.error is None, repr(w.error)
+
+
+@pytest.mark.parametrize(
+    ("grab", "assign"), [(GRAB_JOB_UNIQ, JOB_ASSIGN_UNIQ), (GRAB_JOB_ALL, JOB_ASSIGN_ALL)]
+)
+def test_a_large_job_reaches_a_worker_that_grabs_with_its_unique_id(
+    start_server, make_name, grab, assign
+):
+    """A large payload in a JOB_ASSIGN_UNIQ or JOB_ASSIGN_ALL (libgearman's workers grab with
+    GRAB_JOB_ALL) goes out as the message's tail, as in a JOB_ASSIGN: every byte arrives, after
+    the unique id and the reducer, of a payload just over a ring record and of several MiB."""
+    srv = start_server("--fronts", "2", "--shards", "2")
+    func = make_name("big-uniq", shard=1)
+    client = small_buffers(Conn(srv.address, timeout=STEP_TIMEOUT))
+    w = small_buffers(Conn(srv.address, timeout=STEP_TIMEOUT))
+    w.send(CAN_DO, func)
+    for i, size in enumerate((odd_sizes(func)[2], 5 * MIB + 3)):
+        data = b"%08d" % i + bytes(range(256)) * (size // 256) + b"odd"
+        unique = b"u-%d" % i
+        if grab == GRAB_JOB_ALL:
+            client.send(SUBMIT_REDUCE_JOB, func, unique, b"red", b"", data)  # aggregator: b""
+        else:
+            client.send(SUBMIT_JOB, func, unique, data)
+        handle = client.expect(JOB_CREATED, timeout=STEP_TIMEOUT)[0]
+        w.send(grab)
+        args = w.expect(assign, timeout=STEP_TIMEOUT)
+        expected = (
+            [handle, func, unique, b"red", data]
+            if grab == GRAB_JOB_ALL
+            else [handle, func, unique, data]
+        )
+        assert args == expected
+        w.send(WORK_COMPLETE, handle, b"ok")
+        assert client.expect(WORK_COMPLETE, timeout=STEP_TIMEOUT) == [handle, b"ok"]
 
 
 def test_queued_large_jobs_go_out_high_first(start_server, make_name):
