@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from shardgear import messages, routing
-from shardgear.connection import E_DATA, E_SEQ, E_SHARD, LARGE_OUTPUT, Conn, in_transit
+from shardgear.connection import E_DATA, E_SEQ, E_SHARD, Conn
 from shardgear.front_recovery import RECENT_RESULT_BYTES
 from shardgear.messages import HEADER
 from shardgear.proto.packets import SUBMIT_TYPES, WORK_TYPES, PacketType
@@ -77,8 +77,8 @@ def forward_parts(front: Front, shard: int, parts: list[Piece]) -> None:
 
 def from_shard(front: Front, s: int, fragments: list[bytes]) -> None:
     """A message from shard `s` that came in fragments (a big JOB_ASSIGN or result): its
-    packet goes to the socket as the fragments themselves, never joined; anything off that
-    path is joined and taken as drain_shards takes a message."""
+    packet goes to the socket as the fragments themselves, never joined, in its turn among the
+    connection's replies; a control message is joined and taken as drain_shards takes one."""
     op, _arg, extra, conn_id = HEADER.unpack_from(fragments[0])
     conn = front.by_id.get(conn_id)
     if op != _OP_REPLY and op != _OP_SEND:
@@ -87,29 +87,20 @@ def from_shard(front: Front, s: int, fragments: list[bytes]) -> None:
     if conn is None:
         return
     pending = conn.pending
+    first = fragments[0]
+    parts: list[bytes | memoryview] = (
+        [memoryview(first)[HEADER.size :]] if len(first) > HEADER.size else []
+    )
+    parts += fragments[1:]
     if (op == _OP_SEND and not pending) or (
         op == _OP_REPLY and pending and pending[0][E_SEQ] == extra and pending[0][E_SHARD] == s
     ):
         if op == _OP_REPLY:
             pending.popleft()
-        out = conn.out
-        size = sum(map(len, fragments)) - HEADER.size
-        if size >= LARGE_OUTPUT:
-            in_transit(conn, size)
-        if len(fragments[0]) > HEADER.size:
-            out.append(memoryview(fragments[0])[HEADER.size :])
-        for fragment in fragments[1:]:
-            out.append(fragment)
-        conn.out_bytes += size
-        if conn.out_bytes > front.output_limit and front.overflowed(conn):
-            return
-        if not conn.want_write:
-            front.writers.add(conn)
+        front.emit_parts(conn, parts)
         if pending and pending[0][E_DATA] is not None:
             front.release(conn)
-        return
-    data = b"".join(fragments)[HEADER.size :]
-    if op == _OP_REPLY:
-        front.fill(conn, s, extra, data)
+    elif op == _OP_REPLY:  # behind replies still owed: kept as its fragments until they go
+        front.fill(conn, s, extra, parts)
     else:
-        pending.append([-1, -1, 0, 0, data])
+        pending.append([-1, -1, 0, 0, parts])

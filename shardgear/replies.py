@@ -104,6 +104,21 @@ class Replies:
         if not conn.want_write:
             self.writers.add(conn)
 
+    def emit_parts(self, conn: Conn, parts: list[bytes | memoryview]) -> None:
+        """`emit` a reply that is the concatenation of `parts` (a large message as the fragments
+        it crossed a ring in), without joining them."""
+        size = 0
+        for part in parts:
+            size += len(part)
+        if size >= LARGE_OUTPUT:
+            in_transit(conn, size)
+        conn.out.extend(parts)
+        conn.out_bytes += size
+        if conn.out_bytes > self.output_limit and self.overflowed(conn):
+            return
+        if not conn.want_write:
+            self.writers.add(conn)
+
     def overflowed(self, conn: Conn) -> bool:
         """Close `conn` if it left more than ``output_limit`` bytes unread, not counting the large
         packet in transit (`shardgear.connection.unread`); return True if it did. Call it only
@@ -138,11 +153,18 @@ class Replies:
         """Move filled replies at the head of the FIFO to the socket (none once closed)."""
         pending = conn.pending
         while pending and pending[0][E_DATA] is not None and not conn.closed:
-            self.emit(conn, pending.popleft()[E_DATA])
+            data = pending.popleft()[E_DATA]
+            if type(data) is list:  # a large reply's fragments (`fill`)
+                self.emit_parts(conn, data)
+            else:
+                self.emit(conn, data)
 
-    def fill(self, conn: Conn, shard: int, seq: int, data: bytes) -> None:
+    def fill(
+        self, conn: Conn, shard: int, seq: int, data: bytes | list[bytes | memoryview]
+    ) -> None:
         """Shard `shard` answered request `seq`: fill its slot and release what is ready. A reply
-        with no slot (a request already answered on a shard restart) is dropped."""
+        with no slot (a request already answered on a shard restart) is dropped. `data` is the
+        reply's bytes, or for a large one the list of pieces it came in (never joined)."""
         for entry in conn.pending:
             if entry[E_SEQ] == seq and entry[E_SHARD] == shard:
                 entry[E_DATA] = data

@@ -141,8 +141,10 @@ class ConnectionStates(RuleBasedStateMachine):
         m.slots.append(None)
         return (i, shard, seq)
 
-    @rule(req=consumes(requests), size=st.integers(1, 120))
-    def shard_reply(self, req: tuple[int, int, int], size: int) -> None:
+    @rule(req=consumes(requests), size=st.integers(1, 120), cut=st.integers(0, 3))
+    def shard_reply(self, req: tuple[int, int, int], size: int, cut: int) -> None:
+        """`cut` > 0: the reply came in fragments (a large message, front_large.from_shard), and
+        is filled as `cut` + 1 pieces, never joined."""
         i, shard, seq = req
         m = self.models[i]
         data = self.data(size)
@@ -155,7 +157,14 @@ class ConnectionStates(RuleBasedStateMachine):
             if slot is not None:
                 m.slots[slot] = data
                 m.answered[(shard, seq)] = slot
-        self.h.fill(m.conn, shard, seq, data)
+        if cut:
+            step = len(data) // (cut + 1) + 1
+            pieces: list[bytes | memoryview] = [
+                memoryview(data)[k : k + step] for k in range(0, len(data), step)
+            ]
+            self.h.fill(m.conn, shard, seq, pieces)
+        else:
+            self.h.fill(m.conn, shard, seq, data)
         self.after(m)
 
     @rule(i=st.integers(0, 1), shard=st.integers(0, 1), seq=st.integers(10_000, 20_000))

@@ -228,3 +228,37 @@ def test_many_readers_of_large_results_add_up_to_the_front_cap(start_server, mak
     assert whole == 1
     assert version_round(srv) == VERSION_REPLY
     assert_no_child_restarted(srv, before)
+
+
+def test_a_large_result_behind_an_owed_reply_waits_its_turn_whole(start_server, make_name):
+    """A large WORK_COMPLETE (it crosses the ring in fragments) for a client that is still owed
+    the reply to an earlier request from another shard goes out after that reply, every byte in
+    order (front_large.from_shard keeps its fragments in the reply queue, never joined). Shard 1
+    is stopped (SIGSTOP) so that the owed JOB_CREATED stays owed while the result arrives."""
+    import os
+    import signal
+
+    srv = start_server("--fronts", "1", "--shards", "2")
+    before = children(srv.pid)
+    first, second = make_name("first", shard=0), make_name("second", shard=1)
+    client = Conn(srv.address, timeout=TIMEOUT)
+    handle = submit(client, first, b"job")
+    w = Conn(srv.address, timeout=TIMEOUT)
+    w.send(CAN_DO, first)
+    assert grab(w)[0] == handle
+    shard1 = before["shard 1"]
+    os.kill(shard1, signal.SIGSTOP)
+    try:
+        client.send(SUBMIT_JOB, second, b"", b"owed")  # its JOB_CREATED must come first
+        time.sleep(0.2)
+        big = payload(6, 8 * MIB + 5)
+        w.send(WORK_COMPLETE, handle, big)
+        w.send(ECHO_REQ, b"sync")
+        w.expect(ECHO_RES, timeout=TIMEOUT)
+        time.sleep(0.3)  # the result is at the front, queued behind the owed reply
+    finally:
+        os.kill(shard1, signal.SIGCONT)
+    assert client.recv(TIMEOUT)[0] == JOB_CREATED
+    assert client.expect(WORK_COMPLETE, timeout=TIMEOUT) == [handle, big]
+    assert version_round(srv) == VERSION_REPLY
+    assert_no_child_restarted(srv, before)
