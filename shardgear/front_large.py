@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from shardgear import messages, routing
+from shardgear.access import SUBMIT
 from shardgear.connection import E_DATA, E_SEQ, E_SHARD, Conn
 from shardgear.front_recovery import RECENT_RESULT_BYTES
 from shardgear.messages import HEADER
+from shardgear.proto.numbers import fits_int64
 from shardgear.proto.packets import SUBMIT_TYPES, WORK_TYPES, PacketType
 from shardgear.shm.channel import Piece, head_bytes
 
@@ -26,8 +28,8 @@ _OP_REPLY: Final = messages.OP_REPLY
 _OP_SEND: Final = messages.OP_SEND
 _pack_header = HEADER.pack
 _K_OTHER, _K_SUBMIT, _K_WORK = range(3)
-# SUBMIT_JOB* but EPOCH (on_submit checks its fields), as Front.dispatch forwards them inline
-_SUBMITS: Final = SUBMIT_TYPES - {int(P.SUBMIT_JOB_EPOCH)}
+_FORWARD, _ANSWERED, _JOIN = range(3)  # _check_submit's verdicts
+_EPOCH: Final = int(P.SUBMIT_JOB_EPOCH)
 _RESULTS: Final = WORK_TYPES - {int(P.WORK_FAIL), int(P.WORK_STATUS)}
 _INLINE_RESULTS: Final = frozenset({int(P.WORK_COMPLETE), int(P.WORK_EXCEPTION)})
 
@@ -37,11 +39,14 @@ def on_large(front: Front, conn: Conn, _large: int, frame: tuple[int, list[Piece
     goes to its shard as the pieces it arrived in (as dispatch would send it whole); any
     other packet is joined and handled as usual."""
     ptype, pieces = frame
-    kind = _K_SUBMIT if ptype in _SUBMITS else _K_WORK if ptype in _RESULTS else _K_OTHER
+    kind = _K_SUBMIT if ptype in SUBMIT_TYPES else _K_WORK if ptype in _RESULTS else _K_OTHER
     if kind != _K_OTHER:
         head = head_bytes(pieces, 4096)
         end = head.find(b"\0")
-        if end >= 0 and kind == _K_SUBMIT and conn.rights is None:
+        verdict = _check_submit(front, conn, ptype, head) if kind == _K_SUBMIT else _JOIN
+        if verdict == _ANSWERED:
+            return
+        if verdict == _FORWARD:
             shard = routing.shard_for(head[:end], front.shards)
             conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
             conn.pending.append([seq, shard, ptype, front.shard_epochs[shard], None])
@@ -62,6 +67,29 @@ def on_large(front: Front, conn: Conn, _large: int, frame: tuple[int, list[Piece
                     forward_parts(front, found, [header, *pieces])
                 return
     front.handler_table[ptype](conn, ptype, b"".join(pieces))
+
+
+def _check_submit(front: Front, conn: Conn, ptype: int, head: bytes) -> int:
+    """The checks `Front.on_submit` makes of a whole submission, made of a large one from the
+    start of its body, `head`: the access rules (ERROR PERMISSION_DENIED) and a
+    SUBMIT_JOB_EPOCH's time (not a number: the connection is closed). Returns _ANSWERED when it
+    was refused here, _FORWARD when it may go to its shard as its pieces, _JOIN when `head` does
+    not hold the fields to check (the caller joins it and takes the usual path)."""
+    end = head.find(b"\0")
+    if end < 0:
+        return _JOIN
+    if ptype == _EPOCH:
+        fields = head.split(b"\0", 3)
+        if len(fields) < 4:
+            return _JOIN
+        if not fits_int64(fields[2]):
+            front.protocol_close(conn, "bad epoch")
+            return _ANSWERED
+    rights = conn.rights
+    if rights is not None and not rights.may_submit(head[:end]):
+        front.security.deny(conn, SUBMIT, head[:end])
+        return _ANSWERED
+    return _FORWARD
 
 
 def forward_parts(front: Front, shard: int, parts: list[Piece]) -> None:

@@ -142,6 +142,25 @@ def test_denied_submitter_gets_the_error(site: Site, secure: bytes) -> None:
     )
 
 
+def test_large_submissions_meet_the_same_rules(site: Site, secure: bytes) -> None:
+    """A submission of 1 MiB or more goes to its shard as the pieces it arrived in; the access
+    rules are checked from its start all the same (SUBMIT_JOB_EPOCH's too)."""
+    big = b"z" * (3 * 1024 * 1024 + 1)
+    rogue = site.tls("rogue-1")
+    rogue.send(g.SUBMIT_JOB_BG, secure, b"", big)
+    assert b"may not submit jobs of function " + secure in denied(rogue)
+    rogue.send(g.SUBMIT_JOB_EPOCH, secure, b"", b"1", big)
+    denied(rogue)
+    assert g.status_of(site.server.address, secure) is None
+    web = site.tls("web-1")
+    handle = g.submit(web, secure, big, bg=True)
+    web.send(g.SUBMIT_JOB_EPOCH, secure, b"", b"1", big)
+    later = web.expect(g.JOB_CREATED)[0]
+    worker = g.worker(site.tls("worker-1"), secure)
+    assert g.grab_job(worker, timeout=30) == [handle, secure, big]
+    assert g.grab_job(worker, timeout=30) == [later, secure, big]
+
+
 def test_replies_keep_their_order_around_a_denial(site: Site, secure: bytes) -> None:
     """A denial answers in its request's place: allowed submissions before and after it get
     their JOB_CREATED in order."""

@@ -27,6 +27,16 @@ def test_epoch_in_the_past_runs_at_once(connect, func_name):
     assert grab_job(w) == [h, func_name, b"past"]
 
 
+def test_a_large_epoch_job_reaches_its_worker_whole(connect, func_name):
+    """A payload over a ring record (shardgear forwards it as the pieces it arrived in, after
+    checking the epoch field at its start)."""
+    client, w = connect(), connect()
+    data = bytes(range(256)) * (3 * 4096) + b"odd"
+    h = submit_epoch(client, func_name, int(time.time()) - 10, data)
+    worker(w, func_name)
+    assert grab_job(w, timeout=30) == [h, func_name, data]
+
+
 def test_future_epoch_job_is_not_handed_out_early_but_counts_in_status(server, connect, func_name):
     client, w = connect(), connect()
     submit_epoch(client, func_name, int(time.time()) + 3600, b"later")
