@@ -73,6 +73,8 @@ class Conn:
         "noop_sent",
         "out",
         "out_bytes",
+        "owed",
+        "owed_max",
         "parked",
         "parser",
         "pending",
@@ -112,6 +114,11 @@ class Conn:
         self.big_end = 0
         self.big_size = 0
         self.pending: collections.deque[Pending] = collections.deque()  # see Pending
+        # bytes of the replies filled in `pending` and held there behind one not filled yet
+        # (`unread` counts them), and the largest such reply of LARGE_OUTPUT or more since
+        # none was held (the one `unread` may leave out, as it leaves out a packet in transit)
+        self.owed = 0
+        self.owed_max = 0
         self.seq = 0
         # function -> (shard, board base index, CAN_DO_TIMEOUT body or None)
         self.abilities: dict[bytes, tuple[int, int, bytes | None]] = {}
@@ -142,16 +149,21 @@ LARGE_OUTPUT: Final = 1 << 20
 
 def unread(conn: Conn) -> int:
     """The bytes of `conn`'s unread output that the output caps count (``--max-output-buffer``,
-    ``--max-total-output``): all of ``conn.out`` but what is still unsent of the one large packet
-    in transit (`in_transit`).
+    ``--max-total-output``): all of ``conn.out`` and the replies held in ``conn.pending`` behind
+    one still owed (``conn.owed``), but one large packet: what is still unsent of the one in
+    transit (`in_transit`), or the largest one held, whichever is more.
 
     A slow reader is closed when its backlog grows, not because one packet it asked for is big:
     gearmand sends a packet of any size the u32 header can say, so a cap that had to admit one
-    such packet whole would admit 4 GiB of backlog per connection."""
+    such packet whole would admit 4 GiB of backlog per connection. Replies held behind an owed
+    one count: a client that pipelined echoes behind a request to a stopped shard made a front
+    hold 200 MiB past a 4 MiB cap."""
     left = conn.big_end - conn.sent
-    if left <= 0:
-        return conn.out_bytes
-    return max(0, conn.out_bytes - min(left, conn.big_size))
+    spare = min(left, conn.big_size) if left > 0 else 0
+    if conn.owed_max > spare:
+        spare = conn.owed_max
+    held = conn.out_bytes + conn.owed
+    return held - spare if held > spare else 0
 
 
 def in_transit(conn: Conn, size: int) -> None:

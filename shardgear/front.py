@@ -44,7 +44,7 @@ from shardgear import front_large, front_lease, front_workers, grab, logs, messa
 from shardgear.access import SUBMIT
 from shardgear.admin_commands import AdminCommands
 from shardgear.config import Config
-from shardgear.connection import CLOSED, DRAINING, E_DATA, E_SEQ, E_SHARD, Conn
+from shardgear.connection import CLOSED, DRAINING, E_DATA, E_SEQ, E_SHARD, Conn, Pending
 from shardgear.front_recovery import ShardRestarts
 from shardgear.front_security import FrontSecurity
 from shardgear.gather import Gathers
@@ -80,7 +80,7 @@ from shardgear.shm.ring import Ring
 from shardgear.shm.segment import Segment
 from shardgear.sockets import address_text, listeners
 from shardgear.stats import ChildStats
-from shardgear.unread import PartialCap, UnreadCap
+from shardgear.unread import PartialCap
 
 if TYPE_CHECKING:  # ssl is imported only when TLS is configured (front_security.py)
     import ssl
@@ -136,7 +136,7 @@ class Front(Replies):
     def __init__(
         self, config: Config, index: int, instance: Instance, doorbells: list[int]
     ) -> None:
-        super().__init__(config.output_limit, config.shards)
+        super().__init__(config.output_limit, config.shards, config.total_output_limit)
         self.config = config
         self.index = index
         self.instance = instance
@@ -160,7 +160,7 @@ class Front(Replies):
         self.conns: dict[int, Conn] = {}  # by fd
         self.by_id: dict[int, Conn] = {}
         self.next_conn = (index << messages.FRONT_SHIFT) | ((os.getpid() & 0xFFFFFF) << 32)
-        self.gathers = Gathers(self.release)
+        self.gathers = Gathers(self.owe, self.release)
         self.admin = AdminCommands(self)
         self.restarts = ShardRestarts(self)
         # the number of HELLOs seen from each shard, kept in every reply slot it is asked for
@@ -216,7 +216,6 @@ class Front(Replies):
         self.handler_table[LARGE_PACKET_TYPE] = partial(front_large.on_large, self)
         self.handler_table[RESPONSE_MAGIC_TYPE] = self.on_response_magic
         self.accept_log = LogLimiter(log)
-        self.unread = UnreadCap(config.total_output_limit)
         self.partial = PartialCap(config.total_input_limit)
         self.trimmer = Trimmer()
         self.pending_trimmed = 0  # the rings' overflow at the last trim (flush_shards)
@@ -668,7 +667,9 @@ class Front(Replies):
                     conn = by_id.get(conn_id)
                     if conn is not None:
                         if conn.pending:
-                            conn.pending.append([-1, -1, 0, 0, m[16:]])
+                            entry: Pending = [-1, -1, 0, 0, None]
+                            conn.pending.append(entry)
+                            self.owe(conn, entry, m[16:])
                         else:
                             data = m[16:]
                             conn.out.append(data)
@@ -705,7 +706,7 @@ class Front(Replies):
             if conn is not None:
                 for entry in conn.pending:  # no reply will come for the refused request
                     if entry[E_SHARD] == s and entry[E_DATA] is None:
-                        entry[E_DATA] = b""
+                        self.owe(conn, entry, b"")
                 self.release(conn)
                 self.refuse(conn, "request refused by the shard", None, time.monotonic())
         elif op == messages.OP_ADMIN_REPLY:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Final
 
 from shardgear import messages, routing
 from shardgear.access import SUBMIT
-from shardgear.connection import E_DATA, E_SEQ, E_SHARD, Conn
+from shardgear.connection import E_DATA, E_SEQ, E_SHARD, Conn, Pending
 from shardgear.front_recovery import RECENT_RESULT_BYTES
 from shardgear.messages import HEADER
 from shardgear.proto.numbers import fits_int64
@@ -131,4 +131,6 @@ def from_shard(front: Front, s: int, fragments: list[bytes]) -> None:
     elif op == _OP_REPLY:  # behind replies still owed: kept as its fragments until they go
         front.fill(conn, s, extra, parts)
     else:
-        pending.append([-1, -1, 0, 0, parts])
+        entry: Pending = [-1, -1, 0, 0, None]
+        pending.append(entry)
+        front.owe(conn, entry, parts)

@@ -175,7 +175,7 @@ def arrived(front: Front, shard: int, ptype: int, conn_id: int, message: bytes) 
             where = conn.abilities.get(func)
             if where is not None and where[0] == shard:
                 conn.parked = None
-                parked[E_DATA] = message[16:]
+                front.owe(conn, parked, message[16:])
                 front.release(conn)
                 front.outbox[shard].append(
                     _pack(OP_PACKET, GRAB_LEASED, 0, conn_id) + message[28:i]

@@ -122,6 +122,8 @@ class ShardRestarts:
             for entry in conn.pending:
                 if entry[E_SHARD] == shard and entry[E_DATA] is None and entry[E_EPOCH] < epoch:
                     lost = True
-                    entry[E_DATA] = NO_JOB_PACKET if entry[E_PTYPE] in _GRAB_TYPES else _LOST
+                    front.owe(
+                        conn, entry, NO_JOB_PACKET if entry[E_PTYPE] in _GRAB_TYPES else _LOST
+                    )
             if lost and not conn.closed:
                 front.release(conn)

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
-from shardgear.connection import E_DATA, Conn, Pending
+from shardgear.connection import Conn, Pending
 from shardgear.proto import admin
 
 log = logging.getLogger("shardgear.front")
@@ -47,12 +47,16 @@ class Gather:
 class Gathers:
     """A front's gathers in progress, by id (a u32 carried in the ring messages' ``extra``).
 
-    `release` is called with a connection whose reply slot a gather has just filled, so that the
-    front can move the connection's ready replies to its socket; it is never called for a closed
-    connection.
+    A finished gather fills its reply slot with `owe` (`shardgear.replies.Replies.owe`, which
+    counts it against the output caps), then calls `release` with the connection, so that the
+    front can move the connection's ready replies to its socket; `release` is never called for
+    a closed connection.
     """
 
-    def __init__(self, release: Callable[[Conn], None]) -> None:
+    def __init__(
+        self, owe: Callable[[Conn, Pending, bytes], None], release: Callable[[Conn], None]
+    ) -> None:
+        self._owe = owe
         self._release = release
         self._by_id: dict[int, Gather] = {}
         self._next = 1
@@ -99,9 +103,10 @@ class Gathers:
     def _finish(self, gid: int, gather: Gather) -> None:
         del self._by_id[gid]
         try:
-            gather.entry[E_DATA] = gather.finish(gather.parts)
+            data = gather.finish(gather.parts)
         except Exception:  # a malformed part must not take the front down
             log.exception("admin reply could not be assembled")
-            gather.entry[E_DATA] = admin.ERR_UNKNOWN_ERROR
+            data = admin.ERR_UNKNOWN_ERROR
+        self._owe(gather.conn, gather.entry, data)
         if not gather.conn.closed:
             self._release(gather.conn)

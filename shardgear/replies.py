@@ -44,10 +44,12 @@ from shardgear.connection import (
     OPEN,
     REFUSING,
     Conn,
+    Pending,
     in_transit,
     unread,
 )
 from shardgear.log_limit import LogLimiter
+from shardgear.unread import UnreadCap
 
 log = logging.getLogger("shardgear.front")
 
@@ -66,14 +68,17 @@ class Replies:
     Attributes:
         writers: connections with bytes in ``out`` to write at the end of the loop turn.
         output_limit: bytes a connection may leave unread before it is closed as too slow.
+        unread: the cap on the unread output of all connections together (its shell enforces
+            it once a loop turn).
         shard_epochs: the HELLOs seen from each shard, kept in each reply slot sent there.
         closing: the connections that are DRAINING, REFUSING or LINGERING.
         warn: rate-limited WARNINGs about slow readers and protocol errors (a budget each).
     """
 
-    def __init__(self, output_limit: int, shards: int) -> None:
+    def __init__(self, output_limit: int, shards: int, total_output_limit: int) -> None:
         self.writers: set[Conn] = set()
         self.output_limit = output_limit
+        self.unread = UnreadCap(total_output_limit)
         self.shard_epochs = [0] * shards
         self.closing: dict[Conn, None] = {}
         self.warn = LogLimiter(log)
@@ -139,9 +144,27 @@ class Replies:
     def reply(self, conn: Conn, data: bytes) -> None:
         """Queue bytes behind any reply the connection is still owed (dropped once closed)."""
         if conn.pending:
-            conn.pending.append([-1, -1, 0, 0, data])
+            entry: Pending = [-1, -1, 0, 0, None]
+            conn.pending.append(entry)
+            self.owe(conn, entry, data)
         elif not conn.closed:
             self.emit(conn, data)
+
+    def owe(self, conn: Conn, entry: Pending, data: bytes | list[bytes | memoryview]) -> None:
+        """Fill `conn`'s reply slot `entry` with `data` (bytes, or a large reply's pieces): held
+        until `release` reaches it, and counted by the output caps meanwhile (``conn.owed``,
+        `shardgear.connection.unread`). Every slot is filled here, so that `release` can take
+        off what was counted. Closes `conn` if that puts it over ``--max-output-buffer``."""
+        entry[E_DATA] = data
+        size = _size(data)
+        if not size or conn.closed:
+            return
+        conn.owed += size
+        if size >= LARGE_OUTPUT and size > conn.owed_max:
+            conn.owed_max = size
+        self.unread.note(conn)
+        if conn.out_bytes + conn.owed > self.output_limit:
+            self.overflowed(conn)
 
     def expect(self, conn: Conn, shard: int, ptype: int) -> int:
         """Reserve the connection's next reply slot for `shard`; return the request's seq."""
@@ -155,9 +178,20 @@ class Replies:
         while pending and pending[0][E_DATA] is not None and not conn.closed:
             data = pending.popleft()[E_DATA]
             if type(data) is list:  # a large reply's fragments (`fill`)
+                self._paid(conn, _size(data))
                 self.emit_parts(conn, data)
             else:
+                self._paid(conn, len(data))
                 self.emit(conn, data)
+
+    @staticmethod
+    def _paid(conn: Conn, size: int) -> None:
+        """A reply `owe` counted leaves ``pending`` for ``out``."""
+        owed = conn.owed - size
+        conn.owed = owed
+        if owed <= 0:
+            conn.owed = 0
+            conn.owed_max = 0
 
     def fill(
         self, conn: Conn, shard: int, seq: int, data: bytes | list[bytes | memoryview]
@@ -167,7 +201,10 @@ class Replies:
         reply's bytes, or for a large one the list of pieces it came in (never joined)."""
         for entry in conn.pending:
             if entry[E_SEQ] == seq and entry[E_SHARD] == shard:
-                entry[E_DATA] = data
+                old = entry[E_DATA]
+                if old is not None:  # a late reply replaces one not sent yet
+                    self._paid(conn, _size(old))
+                self.owe(conn, entry, data)
                 break
         else:
             return
@@ -230,3 +267,13 @@ class Replies:
                     DRAIN_TIMEOUT,
                 )
                 self.close(conn)
+
+
+def _size(data: bytes | list[bytes | memoryview]) -> int:
+    """The bytes of a reply slot's data (`Replies.owe`)."""
+    if type(data) is list:
+        size = 0
+        for part in data:
+            size += len(part)
+        return size
+    return len(data)

@@ -47,19 +47,20 @@ class UnreadCap:
 
     @staticmethod
     def measure(conn: Conn) -> int:
-        """The bytes `conn` makes the front hold: all of its unsent output."""
-        return conn.out_bytes
+        """The bytes `conn` makes the front hold: all of its unsent output, and the replies held
+        behind one it is still owed."""
+        return conn.out_bytes + conn.owed
 
     @staticmethod
     def spare(conn: Conn) -> int:
         """The part of `measure(conn)` the total may leave out: what is still unsent of the large
         packet in transit (`shardgear.connection.unread`). Only the largest one front-wide is."""
-        return conn.out_bytes - unread(conn)
+        return conn.out_bytes + conn.owed - unread(conn)
 
     @staticmethod
     def holds(conn: Conn) -> bool:
         """Whether `conn` still holds anything (False: forget it)."""
-        return bool(conn.out)
+        return bool(conn.out) or conn.owed > 0
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

@@ -29,7 +29,16 @@ from hypothesis.stateful import (
 )
 
 from shardgear import replies as _replies
-from shardgear.connection import CLOSED, DRAINING, LINGERING, OPEN, REFUSING, Conn
+from shardgear.connection import (
+    CLOSED,
+    DRAINING,
+    LARGE_OUTPUT,
+    LINGERING,
+    OPEN,
+    REFUSING,
+    Conn,
+    unread,
+)
 from shardgear.gather import GATHER_TIMEOUT, Gathers
 from shardgear.proto.parser import Parser
 from shardgear.replies import DRAIN_TIMEOUT, LINGER_TIMEOUT, Replies
@@ -50,7 +59,7 @@ class Harness(Replies):
     Front.close, without the socket and the shards)."""
 
     def __init__(self) -> None:
-        super().__init__(LIMIT, 2)
+        super().__init__(LIMIT, 2, 4 * LIMIT)
         self.fins: list[Conn] = []
 
     def close(self, conn: Conn) -> None:
@@ -108,7 +117,7 @@ class ConnectionStates(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.h = Harness()
-        self.g = Gathers(self.h.release)
+        self.g = Gathers(self.h.owe, self.h.release)
         self.now = 1000.0
         self.n = 0
         self.finishes: dict[int, Callable[[list[Any]], bytes]] = {}
@@ -328,6 +337,22 @@ class ConnectionStates(RuleBasedStateMachine):
             assert conn.out_bytes == sum(map(len, conn.out)) <= LIMIT
 
     @invariant()
+    def replies_held_behind_an_owed_one_count_against_the_limit(self) -> None:
+        """`Replies.owe`: ``owed`` is exactly what the filled slots in ``pending`` hold, and an
+        open connection's unread output, those included, stays within the limit."""
+        for m in self.models:
+            conn = m.conn
+            if conn.closed:
+                continue
+            held = 0
+            for entry in conn.pending:
+                data = entry[4]
+                if data is not None:
+                    held += len(data) if isinstance(data, bytes) else sum(map(len, data))
+            assert conn.owed == held
+            assert unread(conn) <= LIMIT
+
+    @invariant()
     def one_connection_never_gets_anothers_replies(self) -> None:
         a, b = self.models
         for data in (x for x in a.slots if x is not None and x != ERROR):
@@ -345,3 +370,41 @@ ConnectionStates.TestCase.settings = settings(
     max_examples=200, stateful_step_count=50, deadline=None
 )
 test_connection_states = ConnectionStates.TestCase
+
+
+@pytest.fixture
+def harness_conn() -> Any:
+    sock = socket.socket()
+    yield Harness(), Conn(1, sock, Parser(), False, "127.0.0.1")
+    sock.close()
+
+
+def test_replies_held_behind_an_owed_one_count_against_the_output_limit(
+    harness_conn: tuple[Harness, Conn],
+) -> None:
+    """Echoes pipelined behind a request to a stopped shard were held uncounted (200 MiB past a
+    4 MiB --max-output-buffer); now they count, and the connection is closed as a slow reader."""
+    h, conn = harness_conn
+    h.expect(conn, 0, 7)
+    for _ in range(4):
+        h.reply(conn, b"e" * 100)
+    assert not conn.closed and conn.owed == 400 and unread(conn) == 400
+    h.reply(conn, b"e")
+    assert conn.closed
+
+
+def test_one_large_reply_held_behind_an_owed_one_is_left_out_like_a_packet_in_transit(
+    harness_conn: tuple[Harness, Conn],
+) -> None:
+    h, conn = harness_conn
+    first = h.expect(conn, 0, 7)
+    second = h.expect(conn, 1, 7)
+    big = b"r" * LARGE_OUTPUT
+    h.fill(conn, 1, second, big)  # held: the first is still owed
+    assert not conn.closed and conn.owed == LARGE_OUTPUT and unread(conn) == 0
+    h.reply(conn, b"n" * 300)
+    assert not conn.closed and unread(conn) == 300
+    h.fill(conn, 0, first, b"j" * 50)  # everything goes to the socket, in order
+    assert conn.owed == 0 and conn.owed_max == 0
+    assert b"".join(conn.out) == b"j" * 50 + big + b"n" * 300
+    assert not conn.closed

@@ -262,3 +262,39 @@ def test_a_large_result_behind_an_owed_reply_waits_its_turn_whole(start_server, 
     assert client.expect(WORK_COMPLETE, timeout=TIMEOUT) == [handle, big]
     assert version_round(srv) == VERSION_REPLY
     assert_no_child_restarted(srv, before)
+
+
+def test_replies_held_behind_an_owed_one_count_against_max_output_buffer(start_server):
+    """Echoes pipelined behind a request to a stopped shard wait in the connection's reply queue
+    (replies go out in request order); they count as unread output, so the connection is closed
+    at --max-output-buffer (4M here) instead of holding all 64 MiB. Other connections and the
+    shard, once it runs again, are unaffected."""
+    import os
+    import signal
+
+    srv = start_server("--fronts", "1", "--shards", "1", "--max-output-buffer", "4M")
+    before = children(srv.pid)
+    shard = before["shard 0"]
+    os.kill(shard, signal.SIGSTOP)
+    try:
+        with raw(srv) as s:
+            s.sendall(struct.pack(">4sII", b"\0REQ", SUBMIT_JOB, 5) + b"f\0\0ab")  # owed
+            echo = struct.pack(">4sII", b"\0REQ", ECHO_REQ, MIB) + b"e" * MIB
+            try:
+                for _ in range(64):
+                    s.sendall(echo)
+            except OSError:
+                pass  # closed by the server while we were still sending
+            deadline = time.monotonic() + 30
+            while "over --max-output-buffer" not in srv.stderr_text():
+                assert time.monotonic() < deadline, srv.stderr_text()[-2000:]
+                time.sleep(0.05)
+            s.settimeout(TIMEOUT)
+            try:
+                assert s.recv(100) == b""  # closed before anything it was owed could go
+            except ConnectionResetError:
+                pass
+    finally:
+        os.kill(shard, signal.SIGCONT)
+    assert version_round(srv) == VERSION_REPLY
+    assert_no_child_restarted(srv, before)
