@@ -112,9 +112,7 @@ class Replies:
     def emit_parts(self, conn: Conn, parts: list[bytes | memoryview]) -> None:
         """`emit` a reply that is the concatenation of `parts` (a large message as the fragments
         it crossed a ring in), without joining them."""
-        size = 0
-        for part in parts:
-            size += len(part)
+        size = _size(parts)
         if size >= LARGE_OUTPUT:
             in_transit(conn, size)
         conn.out.extend(parts)

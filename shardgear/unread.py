@@ -13,8 +13,9 @@ every such packet but one, the largest, front-wide: one reader may be sent a pac
 the cap, but many readers of large results add up like any other backlog (a breaker made a front
 hold 3 x 32 MiB of results with a 4 MiB cap when each connection's packet was spared).
 
-Only connections whose socket has filled (the shell's ``write`` left bytes behind, `note`) are
-tracked, so a turn costs nothing while every reader keeps up.
+Only connections whose socket has filled (the shell's ``write`` left bytes behind) or that hold
+replies behind one still owed (`shardgear.replies.Replies.owe`) are tracked (`note`), so a turn
+costs nothing while every reader keeps up.
 
 `PartialCap` does the same for input (``--max-total-input``, by default twice ``--max-packet-size``
 but at most 4 GiB, and at least one such packet): a connection may hold one unfinished request of
@@ -53,8 +54,9 @@ class UnreadCap:
 
     @staticmethod
     def spare(conn: Conn) -> int:
-        """The part of `measure(conn)` the total may leave out: what is still unsent of the large
-        packet in transit (`shardgear.connection.unread`). Only the largest one front-wide is."""
+        """The part of `measure(conn)` the total may leave out: the one large packet
+        `shardgear.connection.unread` leaves out (what is unsent of the one in transit, or the
+        largest reply held behind an owed one). Only the largest one front-wide is."""
         return conn.out_bytes + conn.owed - unread(conn)
 
     @staticmethod
