@@ -40,8 +40,16 @@ from zlib import crc32
 
 import orjson
 
-from shardgear import front_large, front_lease, front_workers, grab, logs, messages, routing
-from shardgear.access import SUBMIT
+from shardgear import (
+    front_large,
+    front_lease,
+    front_submit,
+    front_workers,
+    grab,
+    logs,
+    messages,
+    routing,
+)
 from shardgear.admin_commands import AdminCommands
 from shardgear.config import Config
 from shardgear.connection import CLOSED, DRAINING, E_DATA, E_SEQ, E_SHARD, Conn, Pending
@@ -54,7 +62,6 @@ from shardgear.log_limit import LogLimiter
 from shardgear.memory import Trimmer
 from shardgear.messages import HEADER
 from shardgear.proto import errors
-from shardgear.proto.numbers import fits_int64
 from shardgear.proto.packets import (
     MAX_PACKET_TYPE,
     NO_JOB_PACKET,
@@ -95,7 +102,6 @@ _NO_JOB_MESSAGE_SIZE: Final = messages.HEADER_SIZE + len(NO_JOB_PACKET)
 
 # Plain ints for the hot paths (an IntEnum member costs a ~70 ns attribute lookup each time).
 _SUBMIT_JOB: Final = int(PacketType.SUBMIT_JOB)
-_SUBMIT_JOB_EPOCH: Final = int(PacketType.SUBMIT_JOB_EPOCH)
 _WORK_COMPLETE: Final = int(PacketType.WORK_COMPLETE)
 _WORK_FAIL: Final = int(PacketType.WORK_FAIL)
 _WORK_EXCEPTION: Final = int(PacketType.WORK_EXCEPTION)
@@ -761,19 +767,9 @@ class Front(Replies):
         self.epoll.modify(conn.fd, EPOLLIN)
 
     def on_submit(self, conn: Conn, ptype: int, body: bytes) -> None:
-        end = body.find(b"\0")
-        if end < 0:
-            self.protocol_close(conn, "submit without a unique")
-            return
-        if ptype == _SUBMIT_JOB_EPOCH:
-            parts = body.split(b"\0", 3)
-            if len(parts) < 4 or not fits_int64(parts[2]):
-                self.protocol_close(conn, "bad epoch")
-                return
-        if conn.rights is not None and not conn.rights.may_submit(body[:end]):
-            self.security.deny(conn, SUBMIT, body[:end])
-            return
-        self.forward_for_reply(conn, routing.shard_for(body[:end], self.shards), ptype, body)
+        if front_submit.check(self, conn, ptype, body, True) == front_submit.FORWARD:
+            end = body.find(b"\0")
+            self.forward_for_reply(conn, routing.shard_for(body[:end], self.shards), ptype, body)
 
     def on_grab(self, conn: Conn, ptype: int, body: bytes) -> None:
         conn.sleeping = False

@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from shardgear import messages, routing
-from shardgear.access import SUBMIT
 from shardgear.connection import E_DATA, E_SEQ, E_SHARD, Conn, Pending
 from shardgear.front_recovery import RECENT_RESULT_BYTES
+from shardgear.front_submit import ANSWERED, FORWARD, JOIN, check
 from shardgear.messages import HEADER
-from shardgear.proto.numbers import fits_int64
 from shardgear.proto.packets import SUBMIT_TYPES, WORK_TYPES, PacketType
 from shardgear.shm.channel import Piece, head_bytes
 
@@ -28,8 +27,6 @@ _OP_REPLY: Final = messages.OP_REPLY
 _OP_SEND: Final = messages.OP_SEND
 _pack_header = HEADER.pack
 _K_OTHER, _K_SUBMIT, _K_WORK = range(3)
-_FORWARD, _ANSWERED, _JOIN = range(3)  # _check_submit's verdicts
-_EPOCH: Final = int(P.SUBMIT_JOB_EPOCH)
 _RESULTS: Final = WORK_TYPES - {int(P.WORK_FAIL), int(P.WORK_STATUS)}
 _INLINE_RESULTS: Final = frozenset({int(P.WORK_COMPLETE), int(P.WORK_EXCEPTION)})
 
@@ -43,10 +40,10 @@ def on_large(front: Front, conn: Conn, _large: int, frame: tuple[int, list[Piece
     if kind != _K_OTHER:
         head = head_bytes(pieces, 4096)
         end = head.find(b"\0")
-        verdict = _check_submit(front, conn, ptype, head) if kind == _K_SUBMIT else _JOIN
-        if verdict == _ANSWERED:
+        verdict = check(front, conn, ptype, head, False) if kind == _K_SUBMIT else JOIN
+        if verdict == ANSWERED:
             return
-        if verdict == _FORWARD:
+        if verdict == FORWARD:
             shard = routing.shard_for(head[:end], front.shards)
             conn.seq = seq = (conn.seq + 1) & 0xFFFFFFFF
             conn.pending.append([seq, shard, ptype, front.shard_epochs[shard], None])
@@ -67,29 +64,6 @@ def on_large(front: Front, conn: Conn, _large: int, frame: tuple[int, list[Piece
                     forward_parts(front, found, [header, *pieces])
                 return
     front.handler_table[ptype](conn, ptype, b"".join(pieces))
-
-
-def _check_submit(front: Front, conn: Conn, ptype: int, head: bytes) -> int:
-    """The checks `Front.on_submit` makes of a whole submission, made of a large one from the
-    start of its body, `head`: the access rules (ERROR PERMISSION_DENIED) and a
-    SUBMIT_JOB_EPOCH's time (not a number: the connection is closed). Returns _ANSWERED when it
-    was refused here, _FORWARD when it may go to its shard as its pieces, _JOIN when `head` does
-    not hold the fields to check (the caller joins it and takes the usual path)."""
-    end = head.find(b"\0")
-    if end < 0:
-        return _JOIN
-    if ptype == _EPOCH:
-        fields = head.split(b"\0", 3)
-        if len(fields) < 4:
-            return _JOIN
-        if not fits_int64(fields[2]):
-            front.protocol_close(conn, "bad epoch")
-            return _ANSWERED
-    rights = conn.rights
-    if rights is not None and not rights.may_submit(head[:end]):
-        front.security.deny(conn, SUBMIT, head[:end])
-        return _ANSWERED
-    return _FORWARD
 
 
 def forward_parts(front: Front, shard: int, parts: list[Piece]) -> None:
