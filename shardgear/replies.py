@@ -154,7 +154,7 @@ class Replies:
         `shardgear.connection.unread`). Every slot is filled here, so that `release` can take
         off what was counted. Closes `conn` if that puts it over ``--max-output-buffer``."""
         entry[E_DATA] = data
-        size = _size(data)
+        size = len(data) if type(data) is bytes else _size(data)
         if not size or conn.closed:
             return
         conn.owed += size
@@ -175,11 +175,11 @@ class Replies:
         pending = conn.pending
         while pending and pending[0][E_DATA] is not None and not conn.closed:
             data = pending.popleft()[E_DATA]
-            if type(data) is list:  # a large reply's fragments (`fill`)
+            if conn.owed:
                 self._paid(conn, _size(data))
+            if type(data) is list:  # a large reply's fragments (`fill`)
                 self.emit_parts(conn, data)
             else:
-                self._paid(conn, len(data))
                 self.emit(conn, data)
 
     @staticmethod

@@ -88,8 +88,8 @@ class UnreadCap:
                 slow.discard(conn)
             else:
                 total += measure(conn)
-        if total - self._spared(slow) <= self.limit:
-            return total
+        if total <= self.limit or total - self._spared(slow) <= self.limit:
+            return total  # (the first test, the usual case, spares computing the second)
         spare = self.spare
         # the most backlog besides a packet in transit first, so that a reader being sent one
         # large result outlasts a slow reader of many small ones
