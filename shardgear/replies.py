@@ -181,21 +181,17 @@ class Replies:
         pending = conn.pending
         while pending and pending[0][E_DATA] is not None and not conn.closed:
             data = pending.popleft()[E_DATA]
-            if conn.owed:
-                self._paid(conn, _size(data))
+            if conn.owed:  # `owe` counted it (inline: this runs for most WORK_COMPLETEs)
+                owed = conn.owed - (len(data) if type(data) is bytes else _size(data))
+                if owed > 0:
+                    conn.owed = owed
+                else:
+                    conn.owed = 0
+                    conn.owed_max = 0
             if type(data) is list:  # a large reply's fragments (`fill`)
                 self.emit_parts(conn, data)
             else:
                 self.emit(conn, data)
-
-    @staticmethod
-    def _paid(conn: Conn, size: int) -> None:
-        """A reply `owe` counted leaves ``pending`` for ``out``."""
-        owed = conn.owed - size
-        conn.owed = owed
-        if owed <= 0:
-            conn.owed = 0
-            conn.owed_max = 0
 
     def fill(
         self, conn: Conn, shard: int, seq: int, data: bytes | list[bytes | memoryview]
@@ -206,8 +202,8 @@ class Replies:
         for entry in conn.pending:
             if entry[E_SEQ] == seq and entry[E_SHARD] == shard:
                 old = entry[E_DATA]
-                if old is not None:  # a late reply replaces one not sent yet
-                    self._paid(conn, _size(old))
+                if old is not None and conn.owed:  # a late reply replaces one not sent yet
+                    conn.owed = max(0, conn.owed - _size(old))
                 self.owe(conn, entry, data)
                 break
         else:
