@@ -251,7 +251,15 @@ def _atoi(text: bytes) -> int:
     match = _atoi_prefix(text)
     if match is None:
         return 0
-    value = min(max(int(match.group(1)), _LONG_MIN), _LONG_MAX)
+    number = match.group(1)
+    digits = number.lstrip(b"+-").lstrip(b"0")
+    if len(digits) > 19:  # saturates (and Python refuses int() of over 4300 digits)
+        value = _LONG_MIN if number[:1] == b"-" else _LONG_MAX
+    else:
+        value = int(digits) if digits else 0
+        if number[:1] == b"-":
+            value = -value
+        value = min(max(value, _LONG_MIN), _LONG_MAX)
     return (value + (1 << 31)) % (1 << 32) - (1 << 31)
 
 

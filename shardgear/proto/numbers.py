@@ -31,7 +31,10 @@ def strtoll(s: bytes) -> int | None:
         j += 1
     if j == i:
         return 0
-    v = int(s[i:j])
+    digits = s[i:j].lstrip(b"0")
+    if len(digits) > 19:  # past int64 (and Python refuses int() of over 4300 digits)
+        return None
+    v = int(digits) if digits else 0
     if neg:
         v = -v
     if v > INT64_MAX or v < INT64_MIN:

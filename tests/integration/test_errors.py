@@ -16,14 +16,17 @@ from tests.gearclient import (
     RES,
     SUBMIT_JOB,
     SUBMIT_JOB_BG,
+    SUBMIT_JOB_EPOCH,
     WORK_COMPLETE,
     WORK_DATA,
     WORK_EXCEPTION,
     WORK_FAIL,
     WORK_STATUS,
     WORK_WARNING,
+    grab_job,
     packet,
     submit,
+    worker,
 )
 
 COMMAND_NOT_EXPECTED = [b"INVALID_COMMAND", b"Command not expected"]
@@ -98,6 +101,39 @@ def test_other_connections_survive_a_closed_one(connect, func_name):
     bad.send_raw(struct.pack(">4sII", b"\0REQ", 43, 0))
     assert bad.is_closed()
     assert_alive(good)
+
+
+HUGE = b"1" * 5000  # past Python's int() limit of 4300 digits
+
+
+@pytest.mark.shardgear_only  # gearmand 2.0 closes (strtoll's overflow); 1.1.20 does not
+def test_an_epoch_of_thousands_of_digits_closes_the_connection(connect, func_name):
+    """A breaker crashed a front with it (Python's int() raised where C's strtoll overflows)."""
+    bad, good = connect(), connect()
+    bad.send(SUBMIT_JOB_EPOCH, func_name, b"", HUGE, b"x")
+    assert bad.is_closed()
+    assert_alive(good)
+
+
+def test_numbers_of_thousands_of_digits_are_read_as_c_reads_them(connect, func_name):
+    """atoi saturates: a breaker crashed a shard with a WORK_STATUS whose numerator had 5000
+    digits, and a front with such a maxqueue."""
+    huge = HUGE
+    client, w = connect(), connect()
+    handle = submit(client, func_name, b"job")
+    worker(w, func_name)
+    assert grab_job(w)[0] == handle
+    w.send(WORK_STATUS, handle, huge, b"1")
+    w.send(WORK_COMPLETE, handle, b"done")
+    while True:
+        ptype, args = client.recv()
+        if ptype == WORK_COMPLETE:
+            assert args == [handle, b"done"]
+            break
+        assert ptype == WORK_STATUS, ptype
+    assert client.admin(f"maxqueue {func_name.decode()} 1 {huge.decode()}").strip() == "OK"
+    assert_alive(client)
+    assert_alive(w)
 
 
 @pytest.mark.parametrize(

@@ -174,6 +174,8 @@ def test_ok_lines() -> None:
         ([b"f", b"2147483647"], (b"f", (2147483647,) * 3)),
         ([b"f", b"2147483648"], (b"f", (0, 0, 0))),  # wraps negative
         ([b"f", b"99999999999999999999999"], (b"f", (0, 0, 0))),  # strtol saturates, then wraps
+        ([b"f", b"1" * 5000], (b"f", (0, 0, 0))),  # past Python's 4300-digit int() limit
+        ([b"f", b"0" * 5000 + b"7"], (b"f", (7, 7, 7))),  # leading zeros do not overflow
     ],
 )
 def test_maxqueue_limits(args: list[bytes], expected: tuple[bytes, tuple[int, int, int]]) -> None:
