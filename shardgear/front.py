@@ -306,6 +306,8 @@ class Front(Replies):
                     self.write(conn)
             if self.closing:
                 self.settle(time.monotonic())
+            if self.owed_total > self.unread.limit:
+                self.track_owing(self.conns.values())
             if self.unread:
                 self.unread.enforce(self.close)
             if self.partial:
@@ -454,6 +456,7 @@ class Front(Replies):
         dropped = conn.out_bytes + conn.parser.buffered
         conn.out.clear()
         conn.out_bytes = 0
+        self.forget_owed(conn)
         conn.parser = _SPENT_PARSER
         if dropped > TRIM_ABOVE:
             self.trimmer.freed(dropped)

@@ -32,6 +32,7 @@ act (and tests drive this class with no sockets at all).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Final
 
 from shardgear.connection import (
@@ -58,10 +59,10 @@ DRAIN_TIMEOUT: Final = 10.0
 LINGER_TIMEOUT: Final = 2.0
 """Seconds a LINGERING connection's input is dropped, waiting for the peer to close, after FIN."""
 OWED_TRACKED: Final = 64 * 1024
-"""Bytes of replies held behind an owed one from which a connection counts in the total output cap
-(`UnreadCap.note`). Below it a connection is left out, as the bytes in its kernel socket buffer
-are: tracking every connection with a reply held cost the front 7% more CPU per job (a client with
-100 jobs in flight almost always has one), and the per-connection limit counts them all."""
+"""Bytes of replies held behind an owed one from which `Replies.owe` has the total output cap track
+a connection (`UnreadCap.note`). Tracking every connection with a reply held cost the front 7%
+more CPU per job (a client with 100 jobs in flight almost always holds one); below this they
+are tracked only once the front's ``owed_total`` passes the cap (`Replies.track_owing`)."""
 
 
 class Replies:
@@ -75,6 +76,7 @@ class Replies:
         output_limit: bytes a connection may leave unread before it is closed as too slow.
         unread: the cap on the unread output of all connections together (its shell enforces
             it once a loop turn).
+        owed_total: bytes of replies held behind an owed one, all open connections together.
         shard_epochs: the HELLOs seen from each shard, kept in each reply slot sent there.
         closing: the connections that are DRAINING, REFUSING or LINGERING.
         warn: rate-limited WARNINGs about slow readers and protocol errors (a budget each).
@@ -84,6 +86,7 @@ class Replies:
         self.writers: set[Conn] = set()
         self.output_limit = output_limit
         self.unread = UnreadCap(total_output_limit)
+        self.owed_total = 0  # every open connection's ``owed``
         self.shard_epochs = [0] * shards
         self.closing: dict[Conn, None] = {}
         self.warn = LogLimiter(log)
@@ -163,12 +166,38 @@ class Replies:
         if not size or conn.closed:
             return
         owed = conn.owed = conn.owed + size
+        self.owed_total += size
         if size >= LARGE_OUTPUT and size > conn.owed_max:
             conn.owed_max = size
         if owed >= OWED_TRACKED:
             self.unread.note(conn)
         if conn.out_bytes + owed > self.output_limit:
             self.overflowed(conn)
+
+    def _unowe(self, conn: Conn, size: int) -> None:
+        """A reply of `size` bytes that `owe` counted left ``conn.pending`` (released, or its
+        slot emptied for a late reply). ``owed_max`` stays the largest one still held."""
+        paid = size if size < conn.owed else conn.owed
+        self.owed_total -= paid
+        owed = conn.owed = conn.owed - paid
+        if not owed:
+            conn.owed_max = 0
+        elif size >= LARGE_OUTPUT and size >= conn.owed_max:
+            conn.owed_max = _largest_held(conn)
+
+    def forget_owed(self, conn: Conn) -> None:
+        """`conn` is closed: what it held no longer counts (the shell's `close` calls this)."""
+        self.owed_total -= conn.owed
+        conn.owed = 0
+        conn.owed_max = 0
+
+    def track_owing(self, conns: Iterable[Conn]) -> None:
+        """Have the total output cap track every one of `conns` that holds replies behind an owed
+        one. `owe` tracks a connection from `OWED_TRACKED` on; once ``owed_total`` passes the
+        cap, the shell calls this so that many connections just under it are counted too."""
+        for conn in conns:
+            if conn.owed:
+                self.unread.note(conn)
 
     def expect(self, conn: Conn, shard: int, ptype: int) -> int:
         """Reserve the connection's next reply slot for `shard`; return the request's seq."""
@@ -181,13 +210,8 @@ class Replies:
         pending = conn.pending
         while pending and pending[0][E_DATA] is not None and not conn.closed:
             data = pending.popleft()[E_DATA]
-            if conn.owed:  # `owe` counted it (inline: this runs for most WORK_COMPLETEs)
-                owed = conn.owed - (len(data) if type(data) is bytes else _size(data))
-                if owed > 0:
-                    conn.owed = owed
-                else:
-                    conn.owed = 0
-                    conn.owed_max = 0
+            if conn.owed:  # `owe` counted it
+                self._unowe(conn, len(data) if type(data) is bytes else _size(data))
             if type(data) is list:  # a large reply's fragments (`fill`)
                 self.emit_parts(conn, data)
             else:
@@ -203,7 +227,8 @@ class Replies:
             if entry[E_SEQ] == seq and entry[E_SHARD] == shard:
                 old = entry[E_DATA]
                 if old is not None and conn.owed:  # a late reply replaces one not sent yet
-                    conn.owed = max(0, conn.owed - _size(old))
+                    entry[E_DATA] = None
+                    self._unowe(conn, _size(old))
                 self.owe(conn, entry, data)
                 break
         else:
@@ -277,3 +302,15 @@ def _size(data: bytes | list[bytes | memoryview]) -> int:
             size += len(part)
         return size
     return len(data)
+
+
+def _largest_held(conn: Conn) -> int:
+    """The largest reply of at least LARGE_OUTPUT bytes filled in ``conn.pending`` (0: none)."""
+    largest = 0
+    for entry in conn.pending:
+        data = entry[E_DATA]
+        if data is not None:
+            size = _size(data)
+            if size >= LARGE_OUTPUT and size > largest:
+                largest = size
+    return largest

@@ -41,7 +41,7 @@ from shardgear.connection import (
 )
 from shardgear.gather import GATHER_TIMEOUT, Gathers
 from shardgear.proto.parser import Parser
-from shardgear.replies import DRAIN_TIMEOUT, LINGER_TIMEOUT, Replies
+from shardgear.replies import DRAIN_TIMEOUT, LINGER_TIMEOUT, Replies, _largest_held
 
 # The harness subclasses Replies, which mypyc forbids when Replies is compiled (a native base of
 # the compiled Front); .ci/run runs this file on the pure-Python build.
@@ -71,6 +71,7 @@ class Harness(Replies):
         self.writers.discard(conn)
         conn.out.clear()
         conn.out_bytes = 0
+        self.forget_owed(conn)
 
     def shut_write(self, conn: Conn) -> None:
         self.fins.append(conn)
@@ -350,7 +351,9 @@ class ConnectionStates(RuleBasedStateMachine):
                 if data is not None:
                     held += len(data) if isinstance(data, bytes) else sum(map(len, data))
             assert conn.owed == held
+            assert conn.owed_max == _largest_held(conn)
             assert unread(conn) <= LIMIT
+        assert self.h.owed_total == sum(m.conn.owed for m in self.models)
 
     @invariant()
     def one_connection_never_gets_anothers_replies(self) -> None:
@@ -408,3 +411,46 @@ def test_one_large_reply_held_behind_an_owed_one_is_left_out_like_a_packet_in_tr
     assert conn.owed == 0 and conn.owed_max == 0
     assert b"".join(conn.out) == b"j" * 50 + big + b"n" * 300
     assert not conn.closed
+
+
+def test_a_released_large_reply_is_no_longer_left_out(harness_conn: tuple[Harness, Conn]) -> None:
+    """``owed_max`` is the largest reply still held: once a large one has gone to the socket,
+    what queues behind the next owed reply counts in full (a breaker held 1 MiB of 100-byte
+    replies past a 400-byte limit while a released reply's size was still spared)."""
+    h, conn = harness_conn
+    first = h.expect(conn, 0, 7)
+    h.reply(conn, b"r" * LARGE_OUTPUT)  # held behind `first`
+    h.expect(conn, 1, 7)  # owed, answered never
+    h.reply(conn, b"s" * 100)
+    h.fill(conn, 0, first, b"j")  # `first` and the large reply go; the rest waits
+    conn.sent += conn.out_bytes  # the peer read everything (as Front.write counts it)
+    conn.out.clear()
+    conn.out_bytes = 0
+    assert conn.owed == 100 and conn.owed_max == 0
+    for _ in range(2):
+        h.reply(conn, b"t" * 100)
+    assert not conn.closed
+    h.reply(conn, b"t" * 150)  # 450 held
+    assert conn.closed
+
+
+def test_many_connections_just_under_the_tracking_threshold_count_in_the_total() -> None:
+    """`OWED_TRACKED` spares the total cap the work of tracking every connection, but once the
+    front's ``owed_total`` passes the cap, `track_owing` has them all counted (a breaker held
+    25 MB with a 2 MiB cap on 400 connections of 64,000 bytes each)."""
+    h = Harness()
+    socks = [socket.socket() for _ in range(6)]
+    try:
+        conns = [Conn(i + 1, s, Parser(), False, "127.0.0.1") for i, s in enumerate(socks)]
+        for conn in conns:
+            h.expect(conn, 0, 7)
+            h.reply(conn, b"x" * 390)  # under LIMIT and under OWED_TRACKED
+        assert h.owed_total == 6 * 390 > h.unread.limit == 4 * LIMIT
+        assert not h.unread  # none tracked yet
+        h.track_owing(conns)
+        h.unread.enforce(h.close)
+        assert sum(c.closed for c in conns) == 2
+        assert h.owed_total == 4 * 390 <= h.unread.limit
+    finally:
+        for s in socks:
+            s.close()
