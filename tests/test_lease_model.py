@@ -46,7 +46,7 @@ class ModelFront(Replies):
     """The parts of `Front` a worker's GRAB cycle goes through, with one shard."""
 
     def __init__(self, board: list[int]) -> None:
-        super().__init__(1 << 30, 1)
+        super().__init__(1 << 30, 1, 1 << 31)
         self.shards = 1
         self.grab_lease = True
         self.by_id: dict[int, Conn] = {}
